@@ -1,0 +1,37 @@
+"""nbagent: a code agent for notebooks.
+
+The model writes Python; a live IPython kernel, driven through jupyter_client, runs it. Public
+names are imported lazily so that ``%load_ext nbagent`` and ``import nbagent`` stay cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS: dict[str, str] = {
+    "KernelSession": "nbagent.kernel.session",
+    "ExecutionResult": "nbagent.kernel.base",
+}
+
+__all__ = ["__version__", *sorted(_EXPORTS)]
+
+if TYPE_CHECKING:
+    from nbagent.kernel.base import ExecutionResult as ExecutionResult
+    from nbagent.kernel.session import KernelSession as KernelSession
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'nbagent' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,223 @@
+"""The event stream: what an agent run says about itself, in order.
+
+``Agent.astream(task)`` yields these; the panel, the transcript writer, the CLI's progress
+lines and user callbacks only ever consume them. A consumer never needs to look anywhere else
+to show or store a run. Every event is a small frozen dataclass built with keywords.
+
+A run reads, in order::
+
+    RunStarted
+    ( StepStarted  TextDelta*  ModelReplied
+      [ CodeProposed  (CodeSkipped | CellOutput* CellFinished ToolCalled*)  Observation ] )*
+    RunFinished
+
+``KernelStatus`` and ``Notice`` may appear anywhere. Cell outputs are nbformat v4 output dicts
+from the kernel message to the panel and the file; ``CellOutput(index=i)`` means "output *i* is
+now this" (an append when ``i`` equals the current length), ``CellCleared`` empties the list.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+__all__ = [
+    "CellCleared",
+    "CellFinished",
+    "CellOutput",
+    "CodeProposed",
+    "CodeSkipped",
+    "Event",
+    "KernelStatus",
+    "ModelReplied",
+    "Notice",
+    "Observation",
+    "PlanMade",
+    "RunFinished",
+    "RunStarted",
+    "StepStarted",
+    "TextDelta",
+    "ToolCalled",
+    "Usage",
+]
+
+CellStatus = Literal["ok", "error", "timeout", "died", "skipped"]
+RunStatus = Literal["answered", "limit", "stopped", "failed"]
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token counts, as the provider reported them (zero when it did not)."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    requests: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            input_tokens=self.input_tokens + other.input_tokens,
+            output_tokens=self.output_tokens + other.output_tokens,
+            cached_tokens=self.cached_tokens + other.cached_tokens,
+            requests=self.requests + other.requests,
+        )
+
+    def to_dict(self) -> dict[str, int]:
+        return {
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "cached_tokens": self.cached_tokens,
+            "total_tokens": self.total_tokens,
+            "requests": self.requests,
+        }
+
+
+@dataclass(frozen=True, kw_only=True)
+class Event:
+    """Base of all events. ``time`` is wall-clock seconds since the epoch."""
+
+    time: float = field(default_factory=time.time)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunStarted(Event):
+    run_id: str
+    task: str
+    model: str
+    #: 1 for the first run of an Agent, 2 for its first follow-up, ...
+    turn: int = 1
+
+
+@dataclass(frozen=True, kw_only=True)
+class KernelStatus(Event):
+    """The agent's kernel changed state: starting, ready, restarted, interrupted, stopped."""
+
+    status: str
+    detail: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class StepStarted(Event):
+    step: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class TextDelta(Event):
+    """A piece of the model's reply as it streams in (never executed on its own)."""
+
+    step: int
+    text: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelReplied(Event):
+    """The model's complete reply for this step."""
+
+    step: int
+    text: str
+    finish_reason: str | None
+    usage: Usage
+    total_usage: Usage
+    duration: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class CodeProposed(Event):
+    """Code parsed from the reply, about to run (after approval, when approval is on)."""
+
+    step: int
+    code: str
+    #: The reasoning text around the code blocks.
+    reasoning: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class CodeSkipped(Event):
+    """Proposed code that did not run (approval refused, or timed out)."""
+
+    step: int
+    code: str
+    reason: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class CellOutput(Event):
+    """Output ``index`` of the running cell is now ``output`` (append if index == length)."""
+
+    step: int
+    index: int
+    output: dict[str, Any]
+
+
+@dataclass(frozen=True, kw_only=True)
+class CellCleared(Event):
+    """The running cell's outputs were cleared (``clear_output``)."""
+
+    step: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class CellFinished(Event):
+    step: int
+    code: str
+    status: CellStatus
+    execution_count: int | None
+    duration: float
+    outputs: tuple[dict[str, Any], ...]
+    #: Plain-language note for people and the model, e.g. "timed out after 5 s — interrupted".
+    note: str = ""
+    #: True when the kernel was restarted, so variables from earlier steps are gone.
+    state_lost: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class ToolCalled(Event):
+    """Kernel code called a host tool."""
+
+    step: int
+    name: str
+    arguments: dict[str, Any]
+    result: Any = None
+    error: str | None = None
+    duration: float = 0.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class PlanMade(Event):
+    step: int
+    text: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Observation(Event):
+    """What the model will read about this step's execution."""
+
+    step: int
+    text: str
+    images: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class Notice(Event):
+    """Something worth telling the user that is not part of a step (a retry, a warning)."""
+
+    level: Literal["info", "warning", "error"]
+    message: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunFinished(Event):
+    """The run is over. ``status``: answered, limit (max steps/time/tokens), stopped, failed."""
+
+    status: RunStatus
+    answer: str | None
+    reason: str
+    steps: int
+    usage: Usage
+    duration: float
+    error_type: str | None = None

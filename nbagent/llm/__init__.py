@@ -1,0 +1,1 @@
+"""Chat model clients over httpx: OpenAI-compatible and Anthropic."""

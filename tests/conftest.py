@@ -1,0 +1,5 @@
+"""Shared test configuration. Area fixtures live in tests/*_fixtures.py, registered here."""
+
+from __future__ import annotations
+
+pytest_plugins: list[str] = []
