@@ -1,4 +1,10 @@
-"""The ``nbagent`` command line (grows with the issues: run, replay, demo, ...)."""
+"""The ``nbagent`` command line.
+
+``nbagent run TASK`` prints the final answer alone on stdout and its progress on stderr, so it
+composes in shell pipelines. Exit codes: 0 answered, 1 the agent failed or stopped at a limit,
+2 usage or configuration error, 130 interrupted (Ctrl-C: the kernel is interrupted and shut
+down, what exists is saved).
+"""
 
 from __future__ import annotations
 
@@ -7,12 +13,76 @@ import sys
 from collections.abc import Sequence
 
 from nbagent import __version__
+from nbagent.errors import AuthenticationError, ConfigError, NbAgentError
+
+__all__ = ["build_parser", "main"]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"nbagent: error: {message} (see nbagent {self._sub()} --help)\n")
+
+    def _sub(self) -> str:
+        return self.prog.split(" ", 1)[1] if " " in self.prog else ""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of at least 1, got {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text.rstrip("s"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text}")
+    return value
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", "-m", help="[provider:]name, e.g. openai:gpt-4o (env NBAGENT_MODEL)")
+    p.add_argument("--base-url", help="the provider's base URL (env NBAGENT_BASE_URL)")
+    vision = p.add_mutually_exclusive_group()
+    vision.add_argument("--vision", dest="vision", action="store_true", default=None)
+    vision.add_argument("--no-vision", dest="vision", action="store_false")
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-steps", type=_positive_int, default=20, help="default 20")
+    p.add_argument(
+        "--step-timeout", type=_seconds, default=120.0, help="seconds per cell (default 120)"
+    )
+    p.add_argument("--time-limit", type=_seconds, help="wall-clock seconds for the whole run")
+    p.add_argument("--token-budget", type=_positive_int, help="stop after this many tokens")
+    p.add_argument("-o", "--output", metavar="PATH", help="save the run as a notebook")
+    p.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="pass this environment variable to the kernel although it looks secret",
+    )
+    p.add_argument("--workdir", help="the kernel's working directory (default: current)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nbagent", description="A code agent for notebooks.")
+    parser = _Parser(prog="nbagent", description="A code agent for notebooks.")
     parser.add_argument("--version", action="version", version=f"nbagent {__version__}")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    run = sub.add_parser("run", help="run a task; print the answer")
+    run.add_argument("task", help='what to do ("-" reads it from stdin)')
+    _add_model_options(run)
+    _add_run_options(run)
     return parser
 
 
@@ -21,5 +91,50 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help(sys.stderr)
-        return 2
-    return 0
+        return EXIT_USAGE
+    try:
+        if args.command == "run":
+            return _cmd_run(args)
+    except KeyboardInterrupt:
+        print("nbagent: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (ConfigError, AuthenticationError) as exc:
+        print(f"nbagent: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except NbAgentError as exc:
+        print(f"nbagent: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    parser.error(f"unknown command {args.command!r}")
+    return EXIT_USAGE  # pragma: no cover
+
+
+def _read_task(task: str) -> str:
+    if task == "-":
+        task = sys.stdin.read()
+    if not task.strip():
+        raise ConfigError("the task is empty")
+    return task
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from nbagent.agent import Agent
+    from nbagent.progress import Progress
+
+    task = _read_task(args.task)
+    agent = Agent(
+        args.model,
+        base_url=args.base_url,
+        vision=args.vision,
+        max_steps=args.max_steps,
+        step_timeout=args.step_timeout,
+        time_limit=args.time_limit,
+        token_budget=args.token_budget,
+        workdir=args.workdir,
+        env=args.env,
+        on_event=None if args.quiet else Progress(sys.stderr),
+    )
+    with agent:
+        result = agent.run(task)
+    if result.answer is not None:
+        print(result.answer)
+    return EXIT_OK if result.ok else EXIT_FAILED

@@ -7,7 +7,7 @@ to show or store a run. Every event is a small frozen dataclass built with keywo
 A run reads, in order::
 
     RunStarted
-    ( StepStarted  TextDelta*  ModelReplied
+    ( StepStarted  (TextDelta | ModelRetry)*  ModelReplied
       [ CodeProposed  (CodeSkipped | CellOutput* CellFinished ToolCalled*)  Observation ] )*
     RunFinished
 
@@ -31,6 +31,7 @@ __all__ = [
     "Event",
     "KernelStatus",
     "ModelReplied",
+    "ModelRetry",
     "Notice",
     "Observation",
     "PlanMade",
@@ -112,6 +113,16 @@ class TextDelta(Event):
 
     step: int
     text: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelRetry(Event):
+    """The model request is being retried: discard this step's streamed text so far."""
+
+    step: int
+    reason: str
+    attempt: int
+    delay: float
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -1,0 +1,400 @@
+"""The agent loop: think → code → observe, on a live kernel, as a stream of events.
+
+``Agent.astream(task)`` is the one place a run happens; ``arun`` collects it into a
+:class:`RunResult`, and the blocking ``run``/``stream`` are derived from them through the
+process-wide loop thread (:mod:`nbagent._sync`).
+
+A run is a producer task that emits events into a queue; ``astream`` yields from the queue.
+Listeners (the transcript's autosave, a panel, a user callback) get each event first, in the
+producer, so they still see the final ``RunFinished`` when the consumer is gone — after Ctrl-C,
+a ``stop()`` or a crash. The conversation is append-only (system, task, then reply/observation
+pairs), so a provider's prompt cache keeps hitting, and a second run continues both it and the
+kernel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from nbagent import _sync
+from nbagent.errors import ConfigError, NbAgentError
+from nbagent.events import Event, KernelStatus, RunFinished, RunStarted, RunStatus, Usage
+from nbagent.kernel.session import KernelSession
+from nbagent.llm import make_model
+from nbagent.llm.base import ChatModel, Message
+from nbagent.prelude import PRELUDE
+from nbagent.prompts import follow_up, system_prompt, task_message
+from nbagent.steps import Approver, Decision, Finish, StepRunner
+
+__all__ = ["Agent", "Decision", "RunResult"]
+
+Listener = Callable[[Event], object]
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """How a run ended. ``events`` holds every event of the run, in order."""
+
+    answer: str | None
+    status: RunStatus
+    reason: str
+    steps: int
+    usage: Usage
+    duration: float
+    events: tuple[Event, ...]
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "answered"
+
+
+class Agent:
+    """A code agent whose actions run in its own live IPython kernel.
+
+    Args:
+        model: ``[provider:]name`` (``openai:gpt-4o``, ``anthropic:claude-sonnet-4-5``,
+            ``ollama:llama3.1``) or a ready :class:`~nbagent.llm.base.ChatModel`. Defaults to
+            ``$NBAGENT_MODEL``.
+        base_url: the provider's base URL (default from ``$NBAGENT_BASE_URL`` and friends).
+        api_key: the provider's key (default from ``$OPENAI_API_KEY`` / ``$ANTHROPIC_API_KEY``).
+            It stays in this process: the kernel never sees it.
+        max_steps: model replies per run before the run stops.
+        step_timeout: seconds one cell may run before it is interrupted.
+        time_limit: wall-clock seconds for a whole run (None: no limit).
+        token_budget: total tokens (input + output, all runs of this agent) before it stops.
+        workdir: the kernel's working directory (default: the current directory).
+        env: names of environment variables to pass to the kernel although they look secret.
+        vision: send images to the model (default: what the model is known to support).
+        on_event: called with every event, from the loop thread, before it is yielded.
+        approve: awaited before each cell runs; returns a :class:`Decision`.
+    """
+
+    def __init__(
+        self,
+        model: str | ChatModel | None = None,
+        *,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        max_steps: int = 20,
+        step_timeout: float = 120.0,
+        time_limit: float | None = None,
+        token_budget: int | None = None,
+        workdir: str | os.PathLike[str] | None = None,
+        env: Sequence[str] = (),
+        vision: bool | None = None,
+        system: str | None = None,
+        instructions: str = "",
+        observation_limit: int = 5_000,
+        max_tokens: int | None = None,
+        on_event: Listener | None = None,
+        approve: Approver | None = None,
+        kernel_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        if max_steps < 1:
+            raise ConfigError(f"max_steps must be at least 1, got {max_steps}")
+        if step_timeout <= 0:
+            raise ConfigError(f"step_timeout must be positive, got {step_timeout}")
+        if time_limit is not None and time_limit <= 0:
+            raise ConfigError(f"time_limit must be positive, got {time_limit}")
+        if token_budget is not None and token_budget <= 0:
+            raise ConfigError(f"token_budget must be positive, got {token_budget}")
+        if isinstance(model, str) or model is None:
+            self.model: ChatModel = make_model(
+                model, base_url=base_url, api_key=api_key, vision=vision, max_tokens=max_tokens
+            )
+        else:
+            self.model = model
+        self.max_steps = max_steps
+        self.step_timeout = step_timeout
+        self.time_limit = time_limit
+        self.token_budget = token_budget
+        self.workdir = os.fspath(workdir) if workdir is not None else os.getcwd()
+        if not os.path.isdir(self.workdir):
+            raise ConfigError(f"workdir {self.workdir!r} is not a directory")
+        self.env = tuple(env)
+        self.vision = self.model.vision if vision is None else vision
+        self.observation_limit = observation_limit
+        self.approve = approve
+        self.kernel_options = dict(kernel_options or {})
+        self.messages: list[Message] = [Message("system", system or system_prompt(instructions))]
+        self.usage = Usage()
+        self.steps = 0
+        self.turns = 0
+        self._listeners: list[Listener] = [on_event] if on_event else []
+        self._kernel: KernelSession | None = None
+        self._kernel_start: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._producer: asyncio.Task[None] | None = None
+        self._stop_reason: str | None = None
+        self._pending = ""
+        self._context = ""
+
+    # -- listeners and lifecycle -------------------------------------------------------------
+
+    def add_listener(self, listener: Listener) -> Callable[[], None]:
+        """Call ``listener`` with every event from now on; returns a function that removes it."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener) if listener in self._listeners else None
+
+    @property
+    def kernel(self) -> KernelSession | None:
+        """The agent's kernel session, once started."""
+        return self._kernel
+
+    def _bind_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+        elif self._loop is not loop:
+            raise ConfigError(
+                "this Agent is bound to another event loop: use run()/`with` or "
+                "arun()/`async with`, not both"
+            )
+
+    def _ensure_kernel(self) -> asyncio.Task[None]:
+        start = self._kernel_start
+        if start is not None and start.done() and start.exception() is not None:
+            start = None  # the last start failed: try again
+        if start is None:
+            options = {"cwd": self.workdir, "env_passthrough": self.env, **self.kernel_options}
+            self._kernel = KernelSession(startup_code=PRELUDE, **options)
+            start = asyncio.ensure_future(self._kernel.astart())
+            # Retrieve a failure even if no step ever awaits it (a run answered without code).
+            start.add_done_callback(lambda t: t.cancelled() or t.exception())
+            self._kernel_start = start
+        return start
+
+    async def astart(self) -> None:
+        """Start the kernel now rather than with the first run (its start overlaps the model's
+        first reply anyway)."""
+        self._bind_loop()
+        await self._ensure_kernel()
+
+    async def aclose(self) -> None:
+        """Shut the kernel down and close the model's connections."""
+        if self._producer is not None and not self._producer.done():
+            self._producer.cancel()
+            with contextlib.suppress(BaseException):
+                await self._producer
+        if self._kernel_start is not None:
+            with contextlib.suppress(BaseException):
+                await self._kernel_start
+        if self._kernel is not None:
+            await self._kernel.ashutdown()
+        await self.model.aclose()
+
+    async def __aenter__(self) -> Agent:
+        self._bind_loop()
+        self._ensure_kernel()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def __enter__(self) -> Agent:
+        _sync.run_sync(self.__aenter__())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _sync.run_sync(self.aclose())
+
+    def stop(self, reason: str = "stopped by the user") -> None:
+        """Stop the current run from any thread: the kernel is interrupted, the run ends
+        with status "stopped"."""
+        self._stop_reason = reason
+        producer, loop = self._producer, self._loop
+        if producer is not None and loop is not None and not producer.done():
+            loop.call_soon_threadsafe(producer.cancel)
+
+    # -- variables in and out ----------------------------------------------------------------
+
+    async def apush(self, values: Mapping[str, Any]) -> None:
+        """Copy host values into the agent's kernel (safe formats only)."""
+        self._bind_loop()
+        await self._ensure_kernel()
+        assert self._kernel is not None
+        await self._kernel.apush(values)
+
+    async def apull(self, names: Sequence[str]) -> dict[str, Any]:
+        """Copy variables out of the agent's kernel (safe formats only, never unpickled)."""
+        self._bind_loop()
+        await self._ensure_kernel()
+        assert self._kernel is not None
+        return await self._kernel.apull(names)
+
+    def set_context(self, text: str) -> None:
+        """Text added to the next task message (e.g. which variables were pushed in)."""
+        self._context = text
+
+    # -- running -------------------------------------------------------------------------------
+
+    async def astream(self, task: str) -> AsyncIterator[Event]:
+        """Run ``task`` and yield its events as they happen."""
+        if not task or not task.strip():
+            raise ConfigError("the task is empty")
+        self._bind_loop()
+        if self._producer is not None and not self._producer.done():
+            raise ConfigError("a run is already in progress on this agent")
+        queue: asyncio.Queue[Event | None] = asyncio.Queue()
+        self._stop_reason = None
+        self._producer = asyncio.ensure_future(self._drive(task.strip(), queue))
+        producer = self._producer
+        try:
+            while True:
+                event = await queue.get()
+                if event is None:
+                    break
+                yield event
+            await producer  # re-raise what ended the run, if anything did
+        finally:
+            if not producer.done():
+                producer.cancel()
+                with contextlib.suppress(BaseException):
+                    await producer
+
+    async def arun(self, task: str) -> RunResult:
+        """Run ``task`` to the end and return how it went."""
+        events: list[Event] = []
+        async for event in self.astream(task):
+            events.append(event)
+        end = events[-1]
+        assert isinstance(end, RunFinished)
+        return RunResult(
+            answer=end.answer,
+            status=end.status,
+            reason=end.reason,
+            steps=end.steps,
+            usage=end.usage,
+            duration=end.duration,
+            events=tuple(events),
+        )
+
+    def run(self, task: str) -> RunResult:
+        """Blocking :meth:`arun` (Ctrl-C stops the run cleanly and re-raises)."""
+        return _sync.run_sync(self.arun(task))
+
+    def stream(self, task: str) -> Iterator[Event]:
+        """Blocking :meth:`astream`: iterate over events as they happen."""
+        import queue as _queue
+
+        box: _queue.Queue[tuple[str, Any]] = _queue.Queue()
+
+        async def pump() -> None:
+            try:
+                async for event in self.astream(task):
+                    box.put(("event", event))
+            except BaseException as exc:
+                box.put(("error", exc))
+                raise
+            finally:
+                box.put(("end", None))
+
+        future = asyncio.run_coroutine_threadsafe(pump(), _sync.get_loop())
+        try:
+            while True:
+                kind, item = box.get()
+                if kind == "event":
+                    yield item
+                elif kind == "error":
+                    raise item
+                else:
+                    return
+        finally:
+            if not future.done():
+                future.cancel()
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def _emit(self, queue: asyncio.Queue[Event | None], event: Event) -> None:
+        for listener in list(self._listeners):
+            listener(event)
+        queue.put_nowait(event)
+
+    async def _drive(self, task: str, queue: asyncio.Queue[Event | None]) -> None:
+        def emit(event: Event) -> None:
+            self._emit(queue, event)
+
+        t0 = time.monotonic()
+        self.turns += 1
+        first_step, usage_before = self.steps, self.usage
+        run_id = uuid.uuid4().hex[:12]
+        emit(RunStarted(run_id=run_id, task=task, model=self._model_label(), turn=self.turns))
+        if self._kernel_start is None or not self._kernel_start.done():
+            emit(KernelStatus(status="starting"))
+        runner = StepRunner(
+            self,
+            emit,
+            kernel_start=self._ensure_kernel(),
+            deadline=t0 + self.time_limit if self.time_limit else None,
+        )
+        self._add_task_message(task)
+        self._context = ""
+        error: BaseException | None = None
+        try:
+            await runner.run()
+            raise AssertionError("the step loop ended without an outcome")  # pragma: no cover
+        except Finish as finish:
+            outcome = finish
+        except asyncio.CancelledError:
+            outcome = Finish("stopped", self._stop_reason or "interrupted")
+            error = None if self._stop_reason else asyncio.CancelledError()
+            await self._interrupt_quietly()
+        except NbAgentError as exc:
+            outcome = Finish("failed", str(exc))
+            error = exc
+        except Exception as exc:  # a bug of ours: report it, do not hide it
+            outcome = Finish("failed", f"internal error: {type(exc).__name__}: {exc}")
+            error = exc
+        self._pending = runner.pending
+        emit(
+            RunFinished(
+                status=outcome.status,
+                answer=outcome.answer,
+                reason=outcome.reason,
+                steps=self.steps - first_step,
+                usage=_diff(self.usage, usage_before),
+                duration=time.monotonic() - t0,
+                error_type=type(error).__name__ if error is not None else None,
+            )
+        )
+        queue.put_nowait(None)
+        if error is not None:
+            raise error
+
+    def _add_task_message(self, task: str) -> None:
+        if self.turns == 1 and len(self.messages) == 1:
+            self.messages.append(Message("user", task_message(task, self._context)))
+            return
+        text = follow_up(task, self._pending, self._context)
+        self._pending = ""
+        if self.messages[-1].role == "user":
+            # The last run ended on an observation the model never answered: fold it in, so
+            # roles keep alternating (Anthropic requires it).
+            last = self.messages.pop()
+            text = f"{last.text}\n\n{text}"
+        self.messages.append(Message("user", text))
+
+    async def _interrupt_quietly(self) -> None:
+        kernel = self._kernel
+        if kernel is not None and self._kernel_start is not None and self._kernel_start.done():
+            with contextlib.suppress(Exception):
+                await asyncio.shield(kernel.ainterrupt())
+
+    def _model_label(self) -> str:
+        return f"{self.model.provider}:{self.model.name}"
+
+
+def _diff(after: Usage, before: Usage) -> Usage:
+    return Usage(
+        input_tokens=after.input_tokens - before.input_tokens,
+        output_tokens=after.output_tokens - before.output_tokens,
+        cached_tokens=after.cached_tokens - before.cached_tokens,
+        requests=after.requests - before.requests,
+    )

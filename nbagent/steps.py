@@ -1,0 +1,268 @@
+"""One run's steps: ask the model, parse, approve, execute, observe — until an end.
+
+:class:`StepRunner` is the body of ``Agent.astream``. It reads and extends the agent's
+conversation, usage and step count, and ends by raising :class:`Finish` with the outcome, so the
+agent has one place (``Agent._drive``) that turns every ending — an answer, a limit, a stop, an
+error — into the run's single ``RunFinished`` event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from nbagent.errors import ModelResponseError
+from nbagent.events import (
+    CellCleared,
+    CellFinished,
+    CellOutput,
+    CodeProposed,
+    CodeSkipped,
+    Event,
+    KernelStatus,
+    ModelReplied,
+    ModelRetry,
+    Observation,
+    RunStatus,
+    StepStarted,
+    TextDelta,
+    Usage,
+)
+from nbagent.llm.base import Completion, ImagePart, Message, StreamRestart, TextPart
+from nbagent.observe import ANSWER_MIME, observe
+from nbagent.parsing import parse_reply
+from nbagent.prompts import corrective
+
+if TYPE_CHECKING:
+    from nbagent.agent import Agent
+
+__all__ = ["Approver", "Decision", "Finish", "StepRunner", "find_answer"]
+
+
+@dataclass(frozen=True)
+class Decision:
+    """An approver's answer about one code cell: run it (possibly edited), skip it, or quit."""
+
+    action: Literal["run", "skip", "quit"]
+    code: str = ""
+    reason: str = ""
+
+
+#: Awaited with (step, code) before a cell runs.
+Approver = Callable[[int, str], Awaitable[Decision]]
+
+
+class Finish(Exception):
+    """The run ends now with this outcome."""
+
+    def __init__(self, status: RunStatus, reason: str, answer: str | None = None) -> None:
+        super().__init__(reason)
+        self.status, self.reason, self.answer = status, reason, answer
+
+
+class StepRunner:
+    """Runs the steps of one run of ``agent`` until something raises :class:`Finish`.
+
+    ``emit`` delivers each event; ``kernel_ready`` is the task that starts the kernel (awaited
+    only when the first code is about to run, so the start overlaps the first model reply).
+    """
+
+    def __init__(
+        self,
+        agent: Agent,
+        emit: Callable[[Event], None],
+        *,
+        kernel_start: asyncio.Future[None],
+        deadline: float | None,
+    ) -> None:
+        self.agent = agent
+        self.emit = emit
+        self.kernel_start = kernel_start
+        self.deadline = deadline
+        #: What the model has not yet seen when the run ends on final_answer (for follow-ups).
+        self.pending = ""
+
+    async def run(self) -> None:
+        agent = self.agent
+        run_steps = 0
+        correctives = 0
+        while True:
+            if run_steps >= agent.max_steps:
+                raise Finish(
+                    "limit", f"reached the step limit ({agent.max_steps}) without a final answer"
+                )
+            self._check_deadline()
+            run_steps += 1
+            agent.steps += 1
+            step = agent.steps
+            self.emit(StepStarted(step=step))
+            completion = await self._ask_model(step)
+            agent.messages.append(Message("assistant", completion.text))
+            self._check_budget()
+            parsed = parse_reply(completion.text)
+            cut_off = completion.finish_reason == "length"
+            if cut_off or not (parsed.has_code or completion.text.strip()):
+                correctives += 1
+                if correctives > 3:
+                    raise Finish("failed", "the model kept sending replies that cannot be run")
+                self._tell(step, corrective("length" if cut_off else "empty"))
+                continue
+            correctives = 0
+            if not parsed.has_code:
+                raise Finish("answered", "the model answered without code", completion.text.strip())
+            code = await self._approved(step, parsed.code)
+            if code is None:
+                continue
+            self.emit(CodeProposed(step=step, code=code, reasoning=parsed.reasoning))
+            cell = await self._execute(step, code)
+            answer = find_answer(cell.outputs) if cell.status == "ok" else None
+            if answer is not None:
+                self.pending = observe(cell, vision=False, limit=1_000).text
+                raise Finish("answered", "final_answer() was called", answer)
+            self._observe(cell)
+            self._check_deadline()
+
+    async def _approved(self, step: int, code: str) -> str | None:
+        """The code to run after approval (None: skipped)."""
+        approve = self.agent.approve
+        if approve is None:
+            return code
+        decision = await approve(step, code)
+        if decision.action == "quit":
+            self.emit(CodeSkipped(step=step, code=code, reason=decision.reason or "quit"))
+            raise Finish("stopped", decision.reason or "stopped at approval")
+        if decision.action == "skip":
+            reason = decision.reason or "the user skipped this code"
+            self.emit(CodeSkipped(step=step, code=code, reason=reason))
+            self._tell(step, f"The code was not run: {reason}. Do something else.")
+            return None
+        return decision.code or code
+
+    def _tell(self, step: int, text: str) -> None:
+        """An observation that is not about executed code (a correction, a skip)."""
+        self.emit(Observation(step=step, text=text))
+        self.agent.messages.append(Message("user", text))
+
+    def _observe(self, cell: CellFinished) -> None:
+        agent = self.agent
+        parts = observe(cell, vision=agent.vision, limit=agent.observation_limit)
+        self.emit(Observation(step=cell.step, text=parts.text, images=len(parts.images)))
+        content: str | tuple[TextPart | ImagePart, ...] = parts.text
+        if parts.images:
+            images = (ImagePart(data=b64, media_type=media) for media, b64 in parts.images)
+            content = (TextPart(parts.text), *images)
+        agent.messages.append(Message("user", content))
+
+    async def _ask_model(self, step: int) -> Completion:
+        agent = self.agent
+        t0 = time.monotonic()
+
+        async def ask() -> Completion:
+            completion: Completion | None = None
+            async for item in agent.model.stream(agent.messages):
+                if isinstance(item, str):
+                    if item:
+                        self.emit(TextDelta(step=step, text=item))
+                elif isinstance(item, StreamRestart):
+                    self.emit(
+                        ModelRetry(
+                            step=step, reason=item.reason, attempt=item.attempt, delay=item.delay
+                        )
+                    )
+                else:
+                    completion = item
+            if completion is None:
+                raise ModelResponseError("the model stream ended without a reply")
+            return completion
+
+        try:
+            completion = await asyncio.wait_for(ask(), self._remaining())
+        except asyncio.TimeoutError:
+            raise Finish("limit", self._deadline_reason()) from None
+        usage = completion.usage
+        if usage.total_tokens == 0:  # the server reported none: estimate, ~4 characters a token
+            sent = sum(len(m.text) for m in agent.messages)
+            usage = Usage(input_tokens=sent // 4, output_tokens=len(completion.text) // 4)
+        usage = Usage(
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            cached_tokens=usage.cached_tokens,
+            requests=max(usage.requests, 1),
+        )
+        agent.usage = agent.usage + usage
+        self.emit(
+            ModelReplied(
+                step=step,
+                text=completion.text,
+                finish_reason=completion.finish_reason,
+                usage=usage,
+                total_usage=agent.usage,
+                duration=time.monotonic() - t0,
+            )
+        )
+        return completion
+
+    async def _execute(self, step: int, code: str) -> CellFinished:
+        if not self.kernel_start.done():
+            await self.kernel_start
+            self.emit(KernelStatus(status="ready"))
+        self.kernel_start.result()  # raises KernelStartupError if the start failed
+        kernel = self.agent.kernel
+        assert kernel is not None
+        timeout = self.agent.step_timeout
+        remaining = self._remaining()
+        if remaining is not None:
+            timeout = max(min(timeout, remaining), 0.1)
+
+        def on_output(index: int, output: dict[str, Any] | None) -> None:
+            if output is None:
+                self.emit(CellCleared(step=step))
+            else:
+                self.emit(CellOutput(step=step, index=index, output=output))
+
+        result = await kernel.aexecute(code, timeout=timeout, on_output=on_output)
+        if result.state_lost:
+            self.emit(KernelStatus(status="restarted", detail=result.note))
+        cell = CellFinished(
+            step=step,
+            code=code,
+            status=result.status,
+            execution_count=result.execution_count,
+            duration=result.duration,
+            outputs=tuple(result.outputs),
+            note=result.note,
+            state_lost=result.state_lost,
+        )
+        self.emit(cell)
+        return cell
+
+    def _remaining(self) -> float | None:
+        if self.deadline is None:
+            return None
+        return max(self.deadline - time.monotonic(), 0.001)
+
+    def _check_budget(self) -> None:
+        budget, used = self.agent.token_budget, self.agent.usage.total_tokens
+        if budget is not None and used >= budget:
+            raise Finish("limit", f"token budget of {budget:,} reached ({used:,} tokens used)")
+
+    def _check_deadline(self) -> None:
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            raise Finish("limit", self._deadline_reason())
+
+    def _deadline_reason(self) -> str:
+        return f"wall-clock limit of {self.agent.time_limit:g} s reached"
+
+
+def find_answer(outputs: Sequence[dict[str, Any]]) -> str | None:
+    """The answer recorded by ``final_answer()`` in these outputs (the last one wins)."""
+    for out in reversed(outputs):
+        data = out.get("data") or {}
+        if ANSWER_MIME in data:
+            value = data[ANSWER_MIME]
+            if isinstance(value, dict) and isinstance(value.get("answer"), str):
+                return value["answer"]
+    return None
