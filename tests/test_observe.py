@@ -69,7 +69,11 @@ def test_huge_print_is_bounded_with_a_marker_pointing_at_the_kernel() -> None:
 
 
 def test_error_keeps_its_own_budget_after_a_huge_print() -> None:
-    tb = ["\x1b[0;31mTraceback\x1b[0m", "  File <cell>, line 3", "\x1b[31mZeroDivisionError\x1b[0m: x"]
+    tb = [
+        "\x1b[0;31mTraceback\x1b[0m",
+        "  File <cell>, line 3",
+        "\x1b[31mZeroDivisionError\x1b[0m: x",
+    ]
     obs = observe(
         _cell(
             _stream("y" * 1_000_000),
