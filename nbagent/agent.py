@@ -25,7 +25,7 @@ from typing import Any
 
 from nbagent import _sync
 from nbagent.errors import ConfigError, NbAgentError
-from nbagent.events import Event, KernelStatus, RunFinished, RunStarted, RunStatus, Usage
+from nbagent.events import Event, KernelStatus, Notice, RunFinished, RunStarted, RunStatus, Usage
 from nbagent.kernel.session import KernelSession
 from nbagent.llm import make_model
 from nbagent.llm.base import ChatModel, Message
@@ -313,9 +313,23 @@ class Agent:
     # -- the loop ------------------------------------------------------------------------------
 
     def _emit(self, queue: asyncio.Queue[Event | None], event: Event) -> None:
+        """Deliver ``event`` to every listener, then to the stream.
+
+        A failing listener (a transcript that cannot be written, a broken callback) never ends
+        the run: its error becomes a ``Notice`` that the other consumers see.
+        """
+        failures: list[Notice] = []
         for listener in list(self._listeners):
-            listener(event)
+            try:
+                listener(event)
+            except Exception as exc:
+                failures.append(Notice(level="error", message=_describe(listener, exc)))
         queue.put_nowait(event)
+        for notice in failures:
+            for listener in list(self._listeners):
+                with contextlib.suppress(Exception):
+                    listener(notice)
+            queue.put_nowait(notice)
 
     async def _drive(self, task: str, queue: asyncio.Queue[Event | None]) -> None:
         def emit(event: Event) -> None:
@@ -398,3 +412,10 @@ def _diff(after: Usage, before: Usage) -> Usage:
         cached_tokens=after.cached_tokens - before.cached_tokens,
         requests=after.requests - before.requests,
     )
+
+
+def _describe(listener: Listener, exc: Exception) -> str:
+    if isinstance(exc, NbAgentError):
+        return str(exc)
+    name = getattr(listener, "__qualname__", type(listener).__qualname__)
+    return f"event listener {name} failed: {type(exc).__name__}: {exc}"

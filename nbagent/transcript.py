@@ -1,0 +1,295 @@
+"""A run as a notebook: events in, an nbformat 4.5 notebook out, saved atomically.
+
+:class:`Transcript` is an event listener. The notebook it builds reads top to bottom as the
+run happened and re-executes in a plain ``python3`` kernel:
+
+* a markdown cell per task (follow-ups append theirs);
+* a first code cell that defines what the agent's kernel had and a plain kernel lacks
+  (``final_answer``), so re-execution works without nbagent;
+* per step, a markdown cell with the model's reasoning and a code cell with the code, its real
+  outputs and execution count; ``metadata.nbagent`` holds step, duration, status, the raw reply
+  and the observation the model read (what ``--resume`` needs to restore the conversation);
+* cells that raised carry the ``raises-exception`` tag; cells that timed out, killed the kernel
+  or were skipped carry ``skip-execution`` (nbclient) and ``nbval-skip``, and say why, so a
+  re-run cannot hang or die;
+* the final answer as a last markdown cell, and ``metadata.nbagent`` = {version, model, task,
+  answer, steps, usage, started, ended, runs}.
+
+Every write is validated (``nbformat.validate``) and atomic (temp file, fsync, ``os.replace``):
+a crash or Ctrl-C leaves the last complete state, a failed write leaves the old file and raises
+:class:`~nbagent.errors.TranscriptError`. Private MIME types of the agent's kernel are dropped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import datetime as _dt
+import os
+import platform
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import nbformat
+
+from nbagent import __version__
+from nbagent.errors import TranscriptError
+from nbagent.events import (
+    CellFinished,
+    CodeProposed,
+    CodeSkipped,
+    Event,
+    ModelReplied,
+    Observation,
+    RunFinished,
+    RunStarted,
+)
+from nbagent.observe import SUMMARY_MIME
+from nbagent.prelude import SETUP_CELL
+
+__all__ = ["Transcript", "atomic_write_notebook"]
+
+#: MIME types only the agent's own kernel produces; dropped so re-runs compare equal.
+PRIVATE_MIME = frozenset({SUMMARY_MIME})
+SKIP_TAGS = ("skip-execution", "nbval-skip")
+
+
+def _iso(t: float) -> str:
+    return _dt.datetime.fromtimestamp(t, tz=_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+class Transcript:
+    """Builds a notebook from an agent's events; saves it after every step when ``path`` is set.
+
+    Args:
+        path: where to autosave (None: keep in memory; call :meth:`save` with a path later).
+        autosave: write after every finished step and at the end of each run.
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | None = None, *, autosave: bool = True):
+        self.path = Path(path) if path is not None else None
+        self.autosave = autosave and path is not None
+        self.nb = nbformat.v4.new_notebook()
+        self.nb.metadata.update(
+            {
+                "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
+                "language_info": {"name": "python", "version": platform.python_version()},
+                "nbagent": {"version": __version__, "runs": []},
+            }
+        )
+        self._replies: dict[int, str] = {}
+        self._reasoning: dict[int, str] = {}
+        self._code_cells: dict[int, Any] = {}
+        self._has_setup = False
+        #: The last autosave error, if any (the run goes on; the caller decides what to do).
+        self.save_error: TranscriptError | None = None
+
+    # -- the listener ----------------------------------------------------------------------
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, RunStarted):
+            self._run_started(event)
+        elif isinstance(event, ModelReplied):
+            self._replies[event.step] = event.text
+        elif isinstance(event, CodeProposed):
+            self._reasoning[event.step] = event.reasoning
+        elif isinstance(event, CodeSkipped):
+            self._code_cell(event.step, event.code, status="skipped", note=event.reason)
+        elif isinstance(event, CellFinished):
+            self._cell_finished(event)
+        elif isinstance(event, Observation):
+            cell = self._code_cells.get(event.step)
+            if cell is not None:
+                cell.metadata["nbagent"]["observation"] = event.text
+            else:  # a correction that answered a reply without runnable code
+                self._reply_only(event.step, event.text)
+            self._autosave()
+        elif isinstance(event, RunFinished):
+            self._run_finished(event)
+            self._autosave()
+
+    # -- building ------------------------------------------------------------------------------
+
+    def _run_started(self, event: RunStarted) -> None:
+        meta = self.nb.metadata["nbagent"]
+        meta["runs"].append(
+            {"run_id": event.run_id, "task": event.task, "started": _iso(event.time)}
+        )
+        meta.setdefault("model", event.model)
+        meta.setdefault("task", event.task)
+        meta.setdefault("started", _iso(event.time))
+        heading = "Task" if event.turn == 1 else f"Follow-up {event.turn - 1}"
+        self.nb.cells.append(
+            nbformat.v4.new_markdown_cell(
+                f"## {heading}\n\n{_quote(event.task)}\n\n*nbagent {__version__} · {event.model}*",
+                metadata={"nbagent": {"role": "task", "turn": event.turn}},
+            )
+        )
+        if not self._has_setup:
+            self._has_setup = True
+            self.nb.cells.append(
+                nbformat.v4.new_code_cell(SETUP_CELL, metadata={"nbagent": {"role": "setup"}})
+            )
+
+    def _markdown_reasoning(self, step: int, text: str) -> None:
+        if text.strip():
+            self.nb.cells.append(
+                nbformat.v4.new_markdown_cell(
+                    text.strip(), metadata={"nbagent": {"role": "reasoning", "step": step}}
+                )
+            )
+
+    def _code_cell(self, step: int, code: str, *, status: str, note: str = "") -> Any:
+        self._markdown_reasoning(step, self._reasoning.pop(step, ""))
+        meta: dict[str, Any] = {"role": "step", "step": step, "status": status}
+        if step in self._replies:
+            meta["reply"] = self._replies.pop(step)
+        if note:
+            meta["note"] = note
+        cell = nbformat.v4.new_code_cell(code, metadata={"nbagent": meta})
+        if status == "skipped":
+            cell.metadata["tags"] = list(SKIP_TAGS)
+            meta["skip_reason"] = f"not run by the agent: {note}"
+        self.nb.cells.append(cell)
+        self._code_cells[step] = cell
+        return cell
+
+    def _cell_finished(self, event: CellFinished) -> None:
+        cell = self._code_cell(event.step, event.code, status=event.status, note=event.note)
+        cell.execution_count = event.execution_count
+        cell.outputs = [_clean_output(o) for o in event.outputs]
+        meta = cell.metadata["nbagent"]
+        meta["duration"] = round(event.duration, 3)
+        if event.state_lost:
+            meta["state_lost"] = True
+        if event.status == "error":
+            cell.metadata["tags"] = ["raises-exception"]
+        elif event.status in ("timeout", "died"):
+            cell.metadata["tags"] = list(SKIP_TAGS)
+            meta["skip_reason"] = event.note or event.status
+
+    def _reply_only(self, step: int, observation: str) -> None:
+        reply = self._replies.pop(step, "")
+        self.nb.cells.append(
+            nbformat.v4.new_markdown_cell(
+                reply.strip() or "*(empty reply)*",
+                metadata={
+                    "nbagent": {
+                        "role": "reply",
+                        "step": step,
+                        "reply": reply,
+                        "observation": observation,
+                    }
+                },
+            )
+        )
+
+    def _run_finished(self, event: RunFinished) -> None:
+        meta = self.nb.metadata["nbagent"]
+        steps = meta.get("steps", 0) + event.steps
+        usage = dict(meta.get("usage") or {})
+        for key, value in event.usage.to_dict().items():
+            usage[key] = usage.get(key, 0) + value
+        meta.update(
+            {
+                "answer": event.answer,
+                "status": event.status,
+                "reason": event.reason,
+                "steps": steps,
+                "usage": usage,
+                "ended": _iso(event.time),
+            }
+        )
+        meta["runs"][-1].update(
+            {"status": event.status, "answer": event.answer, "steps": event.steps}
+        )
+        # A reply without code that ended the run is the answer: keep its text as reasoning.
+        leftover = [s for s in self._replies if s not in self._code_cells]
+        for step in leftover:
+            if event.status == "answered" and event.answer is not None:
+                self._replies.pop(step)
+            else:
+                self._reply_only(step, "")
+        if event.status == "answered":
+            body = f"## Answer\n\n{event.answer}"
+        else:
+            body = f"## Run ended: {event.status}\n\n{_quote(event.reason)}"
+        self.nb.cells.append(
+            nbformat.v4.new_markdown_cell(
+                body, metadata={"nbagent": {"role": "answer", "status": event.status}}
+            )
+        )
+
+    # -- saving --------------------------------------------------------------------------------
+
+    def to_notebook(self) -> nbformat.NotebookNode:
+        """A validated deep copy of the notebook as it stands."""
+        nb = copy.deepcopy(self.nb)
+        try:
+            nbformat.validate(nb)
+        except nbformat.ValidationError as exc:
+            raise TranscriptError(f"transcript is not a valid notebook: {exc.message}") from None
+        return nb
+
+    def save(self, path: str | os.PathLike[str] | None = None) -> Path:
+        """Write the notebook atomically to ``path`` (default: the autosave path)."""
+        target = Path(path) if path is not None else self.path
+        if target is None:
+            raise TranscriptError("no path to save the transcript to")
+        atomic_write_notebook(self.to_notebook(), target)
+        return target
+
+    def _autosave(self) -> None:
+        if not self.autosave:
+            return
+        try:
+            self.save()
+            self.save_error = None
+        except TranscriptError as exc:
+            self.save_error = exc
+            raise
+
+
+def atomic_write_notebook(nb: nbformat.NotebookNode, path: str | os.PathLike[str]) -> None:
+    """Write ``nb`` to ``path`` so that readers see the old file or the whole new one."""
+    target = Path(path)
+    text = nbformat.writes(nb)
+    parent = target.parent if str(target.parent) else Path(".")
+    tmp: str | None = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=parent)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+        tmp = None
+        with contextlib.suppress(OSError):
+            dir_fd = os.open(parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise TranscriptError(f"could not save transcript to {target}: {reason}") from None
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
+def _clean_output(output: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(dict(output))
+    out.pop("transient", None)
+    data = out.get("data")
+    if isinstance(data, dict):
+        for mime in PRIVATE_MIME & data.keys():
+            del data[mime]
+            out.get("metadata", {}).pop(mime, None)
+    return nbformat.from_dict(out)
+
+
+def _quote(text: str) -> str:
+    return "\n".join(f"> {line}" if line else ">" for line in text.strip().split("\n"))
