@@ -11,9 +11,14 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from nbagent import __version__
 from nbagent.errors import AuthenticationError, ConfigError, NbAgentError
+
+if TYPE_CHECKING:
+    from nbagent.agent import Agent
+    from nbagent.transcript import Transcript
 
 __all__ = ["build_parser", "main"]
 
@@ -83,6 +88,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("task", help='what to do ("-" reads it from stdin)')
     _add_model_options(run)
     _add_run_options(run)
+    demo = sub.add_parser(
+        "demo", help="analyse a bundled data set end to end (offline: recorded model replies)"
+    )
+    demo.add_argument(
+        "-o", "--output", default="nbagent-demo.ipynb", help="default ./nbagent-demo.ipynb"
+    )
+    demo.add_argument(
+        "--live", action="store_true", help="use the configured model instead of the recording"
+    )
+    _add_model_options(demo)
+    demo.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     return parser
 
 
@@ -95,6 +111,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run":
             return _cmd_run(args)
+        if args.command == "demo":
+            return _cmd_demo(args)
     except KeyboardInterrupt:
         print("nbagent: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -119,8 +137,10 @@ def _read_task(task: str) -> str:
 def _cmd_run(args: argparse.Namespace) -> int:
     from nbagent.agent import Agent
     from nbagent.progress import Progress
+    from nbagent.transcript import Transcript
 
     task = _read_task(args.task)
+    transcript = Transcript(args.output) if args.output else None
     agent = Agent(
         args.model,
         base_url=args.base_url,
@@ -133,8 +153,51 @@ def _cmd_run(args: argparse.Namespace) -> int:
         env=args.env,
         on_event=None if args.quiet else Progress(sys.stderr),
     )
-    with agent:
-        result = agent.run(task)
+    return _run_agent(agent, task, transcript)
+
+
+def _run_agent(agent: Agent, task: str, transcript: Transcript | None) -> int:
+    if transcript is not None:
+        agent.add_listener(transcript)
+    try:
+        with agent:
+            result = agent.run(task)
+    finally:
+        if transcript is not None and transcript.nb.cells:
+            transcript.save()  # the last state, also after Ctrl-C; raises a clear error
+            print(f"nbagent: transcript saved to {transcript.path}", file=sys.stderr)
     if result.answer is not None:
         print(result.answer)
     return EXIT_OK if result.ok else EXIT_FAILED
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    import os
+    from pathlib import Path
+
+    from nbagent.agent import Agent
+    from nbagent.demo import DEMO_TASK, RecordedModel, demo_replies, prepare_demo_data
+    from nbagent.progress import Progress
+    from nbagent.transcript import Transcript
+
+    output = Path(args.output)
+    if output.suffix != ".ipynb":
+        raise ConfigError(f"the demo writes a notebook: {output} should end in .ipynb")
+    folder = output.parent if str(output.parent) else Path(".")
+    if not folder.is_dir():
+        raise ConfigError(f"folder {folder} does not exist")
+    live = args.live or bool(args.model or os.environ.get("NBAGENT_MODEL"))
+    data = prepare_demo_data(folder)
+    model: object = args.model if live else RecordedModel(demo_replies)
+    if not args.quiet:
+        how = "live model" if live else "recorded model replies (no model is called, no key)"
+        print(f"nbagent demo: {how}; data {data}", file=sys.stderr)
+    agent = Agent(
+        model,  # type: ignore[arg-type]
+        base_url=args.base_url,
+        vision=args.vision,
+        max_steps=8 if not live else 12,
+        workdir=folder,
+        on_event=None if args.quiet else Progress(sys.stderr),
+    )
+    return _run_agent(agent, DEMO_TASK, Transcript(output))
