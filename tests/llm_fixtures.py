@@ -15,7 +15,7 @@ import pytest
 
 from tests.scripted_server import RecordedRequest, Reply, ScriptedServer
 
-__all__ = ["RecordedRequest", "Reply", "ScriptedServer", "scripted_model"]
+__all__ = ["RecordedRequest", "Reply", "ScriptedServer", "collect", "scripted_model"]
 
 
 def scripted_model(server: ScriptedServer, name: str = "scripted", **kw: Any) -> Any:
@@ -25,6 +25,11 @@ def scripted_model(server: ScriptedServer, name: str = "scripted", **kw: Any) ->
     kw.setdefault("retry_base_delay", 0.01)
     kw.setdefault("api_key", "")
     return make_model(server.model_spec(name), base_url=server.base_url, **kw)
+
+
+async def collect(model: Any, messages: Any, **kw: Any) -> list[Any]:
+    """Everything ``model.stream(messages)`` yields, in order."""
+    return [item async for item in model.stream(messages, **kw)]
 
 
 @pytest.fixture

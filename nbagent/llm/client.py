@@ -21,10 +21,10 @@ import logging
 import re
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Any, NoReturn
+from urllib.parse import urlsplit
 
 import httpx
 
-from nbagent import __version__
 from nbagent.errors import (
     AuthenticationError,
     ModelConnectionError,
@@ -141,7 +141,7 @@ class HTTPChatModel:
         self.name = config.name
         self.vision = config.vision
         self.base_url = config.base_url.rstrip("/")
-        self._redact = Redactor([config.api_key])
+        self._redact = Redactor([config.api_key, urlsplit(config.base_url).password])
         self._redact.add_headers(dict(config.headers))
         self._client: httpx.AsyncClient | None = None
         self._client_loop: asyncio.AbstractEventLoop | None = None
@@ -266,7 +266,7 @@ class HTTPChatModel:
             self._client = httpx.AsyncClient(
                 timeout=timeout,
                 follow_redirects=False,
-                headers={"user-agent": f"nbagent/{__version__}"},
+                headers={"user-agent": f"nbagent (python-httpx/{httpx.__version__})"},
             )
             self._client_loop = loop
         return self._client
@@ -284,6 +284,7 @@ class HTTPChatModel:
         self, client: httpx.AsyncClient, body: dict[str, Any]
     ) -> AsyncGenerator[str | Completion, None]:
         stream = bool(body.get("stream"))
+        started = False  # a 2xx answer began: a failure from here on cuts the reply short
         log.debug("%s", self._redact(f"{self.provider}: POST {self.url} (model {self.name})"))
         try:
             async with client.stream(
@@ -292,6 +293,7 @@ class HTTPChatModel:
                 if not 200 <= resp.status_code < 300:
                     raw = await _read_capped(resp, _ERROR_BODY_LIMIT)
                     raise self._http_error(resp, raw)
+                started = True
                 ctype = resp.headers.get("content-type", "").lower()
                 if stream and ctype.startswith("text/event-stream"):
                     parser = self.new_stream_parser()
@@ -311,25 +313,33 @@ class HTTPChatModel:
                     yield completion
         except StreamBroken as exc:
             reason = self._redact(one_line(str(exc), 200))
-            raise _Retryable(
-                reason, ModelResponseError(f"{self.provider}: {reason} (from {self._shown_url})")
-            ) from None
+            raise _Retryable(reason, self._cut_error(reason)) from None
         except httpx.TimeoutException as exc:
-            what = "connect timed out" if isinstance(exc, httpx.ConnectTimeout) else "timed out"
-            limit = (
-                self.config.connect_timeout
-                if isinstance(exc, httpx.ConnectTimeout)
-                else self.config.read_timeout
-            )
-            reason = f"{what} after {limit:g} s"
+            if isinstance(exc, httpx.ConnectTimeout):
+                reason = f"connect timed out after {self.config.connect_timeout:g} s"
+            elif isinstance(exc, httpx.ReadTimeout):
+                reason = f"no data for {self.config.read_timeout:g} s (read timeout)"
+            else:
+                reason = f"timed out ({type(exc).__name__})"
+            if started:
+                reason = f"the reply stalled: {reason}"
             raise _Retryable(reason, self._connection_error(reason)) from None
         except (httpx.NetworkError, httpx.RemoteProtocolError) as exc:
-            reason = f"{_kind(exc)}: {self._redact(one_line(str(exc) or type(exc).__name__))}"
-            raise _Retryable(reason, self._connection_error(reason)) from None
+            detail = f"{_kind(exc)}: {self._redact(one_line(str(exc) or type(exc).__name__))}"
+            if started:
+                reason = f"the reply broke off ({detail})"
+                raise _Retryable(reason, self._cut_error(reason)) from None
+            raise _Retryable(detail, self._connection_error(detail)) from None
         except httpx.HTTPError as exc:
             # Not worth a retry: bad URL scheme, a proxy refusing, undecodable content.
             reason = f"{_kind(exc)}: {self._redact(one_line(str(exc) or type(exc).__name__))}"
             raise self._connection_error(reason) from None
+
+    def _cut_error(self, reason: str) -> ModelResponseError:
+        return ModelResponseError(
+            f"{self.provider}: incomplete reply from {self._shown_url}: {reason}; "
+            f"the partial reply was discarded"
+        )
 
     @property
     def _shown_url(self) -> str:

@@ -18,7 +18,7 @@ from nbagent.llm.secrets import Secret, redact_url
 __all__ = ["ModelConfig"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class ModelConfig:
     """Where and how to reach one model.
 
@@ -50,6 +50,12 @@ class ModelConfig:
     max_tokens: int | None = None
     headers: Mapping[str, str] = field(default_factory=dict, repr=False)
     sources: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+    def __repr__(self) -> str:
+        return (
+            f"ModelConfig(provider={self.provider!r}, name={self.name!r}, "
+            f"base_url={self.display_url!r}, vision={self.vision!r}, stream={self.stream!r})"
+        )
 
     @property
     def spec(self) -> str:
