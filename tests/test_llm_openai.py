@@ -320,3 +320,35 @@ async def test_tool_result_images_follow_in_a_user_message(scripted_openai: Scri
         "image_url": {"url": f"data:image/jpeg;base64,{PNG}"},
     }
     await model.aclose()
+
+
+def test_one_model_works_from_several_event_loops(scripted_openai: ScriptedServer) -> None:
+    # httpx pools belong to the loop that made them: the model keeps one client per loop, so
+    # asyncio.run() twice and the sync bridge's background loop all work with one object.
+    import asyncio
+
+    from nbagent._sync import run_sync
+
+    scripted_openai.add("one", "two", "three")
+    model = scripted_model(scripted_openai)
+    assert asyncio.run(complete(model, HI)).text == "one"
+    assert asyncio.run(complete(model, HI)).text == "two"
+    assert run_sync(complete(model, HI)).text == "three"
+    run_sync(model.aclose())
+    assert model.total_usage.requests == 3
+
+
+async def test_complete_refuses_a_stream_without_a_completion() -> None:
+    from nbagent.errors import ModelResponseError
+
+    class Broken:
+        provider, name, vision = "fake", "broken", False
+
+        async def stream(self, messages: object, **kw: object):  # type: ignore[no-untyped-def]
+            yield "partial text"
+
+        async def aclose(self) -> None:
+            pass
+
+    with pytest.raises(ModelResponseError, match="fake:broken: the reply stream ended without"):
+        await complete(Broken(), HI)  # type: ignore[arg-type]
