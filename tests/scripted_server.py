@@ -329,7 +329,7 @@ class ScriptedServer:
                 self.open_connections += 1
                 self.connections_opened += 1
                 self.max_open_connections = max(self.max_open_connections, self.open_connections)
-            else:
+            elif sock in self._sockets:  # idempotent: a cut stream reports its close early
                 self._sockets.discard(sock)
                 self.open_connections -= 1
             self._cond.notify_all()
@@ -473,6 +473,7 @@ class _Handler(BaseHTTPRequestHandler):
                 send(render.error(reply.error_event))
             elif not reply.clean_cut:
                 self.close_connection = True
+                self.server.scripted._connection(self.connection, False)
                 self.connection.shutdown(socket.SHUT_RDWR)
                 return
             self.wfile.write(b"0\r\n\r\n")

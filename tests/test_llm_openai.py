@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -138,7 +139,7 @@ async def test_roles_and_tool_messages(scripted_openai: ScriptedServer) -> None:
 
 
 async def test_tool_call_deltas_are_assembled(scripted_openai: ScriptedServer) -> None:
-    calls = [
+    calls: list[dict[str, object]] = [
         {"id": "call_a", "name": "lookup", "arguments": {"query": "pandas read_csv", "n": 3}},
         {"id": "call_b", "name": "run", "arguments": '{"code": "print(1)"}'},
     ]
@@ -323,19 +324,25 @@ async def test_tool_result_images_follow_in_a_user_message(scripted_openai: Scri
 
 
 def test_one_model_works_from_several_event_loops(scripted_openai: ScriptedServer) -> None:
-    # httpx pools belong to the loop that made them: the model keeps one client per loop, so
-    # asyncio.run() twice and the sync bridge's background loop all work with one object.
+    # httpx pools belong to the loop that made them: the model opens one per loop, so
+    # asyncio.run() twice and the sync bridge's background loop all work with one object
+    # (closed at the end of each loop, as a pool must be before its loop goes away).
     import asyncio
 
     from nbagent._sync import run_sync
 
     scripted_openai.add("one", "two", "three")
     model = scripted_model(scripted_openai)
-    assert asyncio.run(complete(model, HI)).text == "one"
-    assert asyncio.run(complete(model, HI)).text == "two"
-    assert run_sync(complete(model, HI)).text == "three"
-    run_sync(model.aclose())
+
+    async def call() -> str:
+        async with model:
+            return (await complete(model, HI)).text
+
+    assert asyncio.run(call()) == "one"
+    assert asyncio.run(call()) == "two"
+    assert run_sync(call()) == "three"
     assert model.total_usage.requests == 3
+    assert scripted_openai.wait_for(lambda: scripted_openai.open_connections == 0)
 
 
 async def test_complete_refuses_a_stream_without_a_completion() -> None:
@@ -344,11 +351,11 @@ async def test_complete_refuses_a_stream_without_a_completion() -> None:
     class Broken:
         provider, name, vision = "fake", "broken", False
 
-        async def stream(self, messages: object, **kw: object):  # type: ignore[no-untyped-def]
+        async def stream(self, messages: object, **kw: object) -> AsyncIterator[str]:
             yield "partial text"
 
         async def aclose(self) -> None:
             pass
 
     with pytest.raises(ModelResponseError, match="fake:broken: the reply stream ended without"):
-        await complete(Broken(), HI)  # type: ignore[arg-type]
+        await complete(Broken(), HI)

@@ -215,3 +215,15 @@ def test_resolve_config_takes_an_env_mapping() -> None:
     assert config.spec == "ollama:phi3"
     assert config.base_url == "http://box:1/v1"
     assert config.sources["base_url"] == "OLLAMA_HOST"
+
+
+def test_defaults() -> None:
+    config = make_model("m", base_url="http://x/v1").config
+    assert (config.connect_timeout, config.read_timeout) == (5.0, 120.0)
+    assert (config.retry.max_retries, config.retry.base_delay, config.retry.max_delay) == (
+        2,
+        0.5,
+        8.0,
+    )
+    assert config.retry.max_retry_wait == 60.0
+    assert config.stream and config.max_tokens is None
