@@ -340,6 +340,8 @@ class ScriptedServer:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Like real servers: each event leaves at once (no Nagle wait for the next small write).
+    disable_nagle_algorithm = True
     server: _HTTPServer
 
     def setup(self) -> None:

@@ -47,7 +47,7 @@ log = logging.getLogger("nbagent.llm")
 #: Error bodies are read up to this size (an HTML error page can be large).
 _ERROR_BODY_LIMIT = 64 * 1024
 #: After the final event, how long to wait for the body to end so the connection can be reused.
-_DRAIN_WAIT = 1.0
+_DRAIN_WAIT = 0.25
 
 _HINTS = {
     401: "check the API key",
