@@ -176,7 +176,7 @@ def test_failed_write_keeps_old_file_and_says_why(tmp_path: Path) -> None:
     t = Transcript(path)
     _run(t)
     before = path.read_bytes()
-    with pytest.raises(TranscriptError, match="could not save transcript to .*missing"):
+    with pytest.raises(TranscriptError, match=r"could not save transcript to .*missing"):
         t.save(tmp_path / "missing" / "run.ipynb")
     assert path.read_bytes() == before
     leftovers = [p.name for p in tmp_path.iterdir() if p.name != "run.ipynb"]
