@@ -1,0 +1,84 @@
+"""The panel in a real JupyterLab under headless Chromium: it shows, it is safe, Stop works."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.browser_fixtures import BrowserLab
+from tests.panel_events import ANSWER
+
+pytestmark = pytest.mark.slow
+
+SETUP = """\
+import threading
+from pathlib import Path
+from nbagent import events as ev
+from nbagent.widget import AgentPanel
+from tests import panel_events as pe
+
+stop_calls = []
+
+def on_stop():
+    # What the agent does when stopped: it ends the run from its own thread.
+    stop_calls.append(1)
+    threading.Thread(target=panel.handle, args=(ev.RunFinished(
+        status="stopped", answer=None, reason="stopped by the user", steps=1,
+        usage=ev.Usage(), duration=3.0),)).start()
+
+def on_save():
+    path = Path("transcript-saved.ipynb").resolve()
+    path.write_text("{}")
+    return path
+
+panel = AgentPanel(on_stop=on_stop, on_save=on_save)
+panel
+"""
+FIRST_RUN = """\
+for event in pe.first_run():
+    panel.handle(event)
+"""
+FOLLOW_UP = """\
+for event in pe.follow_up_start():
+    panel.handle(event)
+panel.flush()
+"""
+
+
+def test_panel_in_jupyterlab(lab: BrowserLab) -> None:
+    page = lab.run_notebook([SETUP, FIRST_RUN, FOLLOW_UP], name="panel.ipynb")
+    panel = page.locator(".nbagent").first
+    panel.wait_for(state="visible")
+
+    # The code (highlighted), its stdout, the table, the plot as an image, the answer.
+    panel.locator("pre.nba-src >> text=ax.plot").first.wait_for()
+    panel.locator("text=rows: 10").first.wait_for()
+    panel.locator("table.dataframe").first.wait_for()
+    image = panel.locator("img[src^='data:image/png']").first
+    image.wait_for()
+    assert image.evaluate("img => img.naturalWidth") > 100  # a real, decoded PNG
+    panel.locator(f".nba-answer-text >> text={ANSWER}").wait_for()
+    panel.locator("text=Follow-up · turn 2").wait_for()
+    panel.locator("text=working 1").first.wait_for()
+
+    # Hostile kernel HTML, JS and SVG, and hostile model text: inert and visible as text.
+    panel.locator("text=bold survives").wait_for()
+    assert page.evaluate("typeof window.__pwned") == "undefined"
+    assert panel.locator("img[src='x'], script, iframe, svg[onload], [onerror]").count() == 0
+    assert panel.locator(".nba-text >> text=<img src=x onerror").count() >= 1
+    assert panel.locator("a[href^='javascript']").count() == 0
+
+    # Stop: the kernel-side callback ends the run, and the panel says so.
+    stop = panel.locator("button:has-text('Stop')")
+    assert stop.is_enabled()
+    stop.click()
+    panel.locator("text=stopped by the user").wait_for()
+    panel.locator(".nba-header >> text=stopped").wait_for()
+    assert stop.is_disabled()
+
+    # Save: the callback's path is shown.
+    panel.locator("button:has-text('Save transcript')").click()
+    panel.locator("text=transcript-saved.ipynb").wait_for()
+    assert (lab.server.root / "transcript-saved.ipynb").exists()
+
+    assert page.evaluate("typeof window.__pwned") == "undefined"
+    lab.screenshot(page, panel, "panel.png")
