@@ -103,8 +103,9 @@ def hostile_outputs() -> list[dict[str, Any]]:
         {
             "output_type": "display_data",
             "data": {
-                "image/svg+xml": '<svg xmlns="http://www.w3.org/2000/svg" '
-                'onload="window.__pwned=1"><script>window.__pwned=1</script></svg>'
+                "image/svg+xml": '<svg xmlns="http://www.w3.org/2000/svg" width="120" '
+                'height="16" onload="window.__pwned=1"><script>window.__pwned=1</script>'
+                '<rect width="120" height="16" fill="#7a7"/></svg>'
             },
             "metadata": {},
         },

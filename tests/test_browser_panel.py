@@ -67,6 +67,8 @@ def test_panel_in_jupyterlab(lab: BrowserLab) -> None:
     assert panel.locator(".nba-text >> text=<img src=x onerror").count() >= 1
     assert panel.locator("a[href^='javascript']").count() == 0
 
+    lab.screenshot(page, panel, "panel-running.png")
+
     # Stop: the kernel-side callback ends the run, and the panel says so.
     stop = panel.locator("button:has-text('Stop')")
     assert stop.is_enabled()
@@ -82,3 +84,31 @@ def test_panel_in_jupyterlab(lab: BrowserLab) -> None:
 
     assert page.evaluate("typeof window.__pwned") == "undefined"
     lab.screenshot(page, panel, "panel.png")
+
+    # The same panel under JupyterLab's dark theme (the colours come from its CSS variables).
+    page.evaluate(
+        "window.jupyterapp.commands.execute('apputils:change-theme', {theme: 'JupyterLab Dark'})"
+    )
+    page.wait_for_function("document.body.dataset.jpThemeLight === 'false'")
+    lab.screenshot(page, panel, "panel-dark.png")
+    page.evaluate(
+        "window.jupyterapp.commands.execute('apputils:change-theme', {theme: 'JupyterLab Light'})"
+    )
+    page.wait_for_function("document.body.dataset.jpThemeLight === 'true'")
+    page.close()
+
+
+CONTROL = """\
+import ipywidgets as widgets
+from tests import panel_events as pe
+out = widgets.Output()
+out.outputs = tuple(pe.hostile_outputs())  # NOT sanitised
+out
+"""
+
+
+def test_unsanitised_outputs_would_run_script(lab: BrowserLab) -> None:
+    """The control: the page trusts widget outputs, so the check above can fail."""
+    page = lab.run_notebook([CONTROL], name="control.ipynb")
+    page.wait_for_function("window.__pwned === 1")
+    page.close()
