@@ -99,6 +99,8 @@ def _css() -> str:
         f"{_BORDER};border-left-width:3px;border-radius:6px}}",
         ".nbagent .nba-step-head{display:flex;align-items:center;gap:8px}",
         ".nbagent .nba-step-no{font-weight:650}",
+        f".nbagent hr.nba-sep{{border:0;border-top:1px solid {_BORDER};margin:14px 0 0}}",
+        f".nbagent .nba-run+.nba-run{{border-top:1px solid {_BORDER};margin-top:14px}}",
         f".nbagent .nba-dim{{color:{_FG2};font-size:.92em;font-variant-numeric:tabular-nums}}",
         ".nbagent .nba-text{margin:4px 0 2px}",
         ".nbagent .nba-caret{animation:nba-blink 1s steps(2) infinite}",
@@ -222,7 +224,7 @@ def _usage(usage: ev.Usage) -> str:
 
 def header_html(run: RunView | None, now: float | None = None) -> str:
     """The panel's top bar: brand, status, model, step, tokens, elapsed time."""
-    brand = '<span class="nba-brand"><span class="nba-logo">◆</span> nbagent</span>'
+    brand = '<strong class="nba-brand"><span class="nba-logo">◆</span> nbagent</strong> '
     if run is None:
         return f'<div class="nba-header">{brand}<span class="nba-meta">waiting…</span></div>'
     parts = [f"<b>{_esc(run.model)}</b>" if run.model else ""]
@@ -233,7 +235,7 @@ def header_html(run: RunView | None, now: float | None = None) -> str:
         parts.append(f"kernel {_esc(run.kernel)}")
     meta = " · ".join(p for p in parts if p)
     return (
-        f'<div class="nba-header">{brand}{badge(run.status)}'
+        f'<div class="nba-header">{brand}{badge(run.status)} '
         f'<span class="nba-meta">{meta}</span></div>'
     )
 
@@ -241,7 +243,7 @@ def header_html(run: RunView | None, now: float | None = None) -> str:
 def task_html(run: RunView) -> str:
     label = "Task" if run.turn <= 1 else f"Follow-up · turn {run.turn}"
     return (
-        f'<div class="nba-task"><div class="nba-label">{label}</div>'
+        f'<div class="nba-task"><div class="nba-label"><strong>{label}</strong></div>'
         f'<div class="nba-task-text">{_esc(run.task)}</div></div>'
     )
 
@@ -256,8 +258,8 @@ def step_top_html(view: StepView) -> str:
     if view.usage is not None and view.usage.total_tokens:
         dim.append(f"{view.usage.total_tokens:,} tokens")
     out = [
-        f'<div class="nba-step-head"><span class="nba-step-no">Step {view.step}</span>'
-        f'{badge(view.status)}<span class="nba-dim">{" · ".join(dim)}</span></div>'
+        f'<div class="nba-step-head"><strong class="nba-step-no">Step {view.step}</strong> '
+        f'{badge(view.status)} <span class="nba-dim">{" · ".join(dim)}</span></div>'
     ]
     if view.plan:
         out.append(f'<div class="nba-plan"><b>Plan</b>\n{_esc(view.plan)}</div>')
@@ -336,7 +338,7 @@ def answer_html(run: RunView) -> str:
         facts.append(_esc(run.reason))
     return (
         f'<div class="nba-answer nba-c-{status_colour(run.status)}">'
-        f'<div class="nba-label">{title}</div>'
+        f'<div class="nba-label"><strong>{title}</strong></div>'
         f'<div class="nba-answer-text">{_esc(text)}</div>'
         f'<div class="nba-dim">{" · ".join(facts)}</div></div>'
     )
@@ -384,8 +386,10 @@ def render_html(events: Iterable[ev.Event]) -> str:
 
 def log_html(log: RunLog) -> str:
     """The static summary of everything a :class:`RunLog` holds."""
-    body = []
+    body: list[str] = []
     for run in log.runs:
+        if body:
+            body.append('<hr class="nba-sep">')
         body.append(header_html(run) + task_html(run))
         body += [_step_static(view) for view in run.steps.values()]
         body.append(notices_html(run) + answer_html(run))

@@ -29,6 +29,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from html import escape
 from typing import Any, Literal
 
 import ipywidgets as w
@@ -183,16 +184,23 @@ class AgentPanel:
     # -- input -----------------------------------------------------------------------------
 
     def handle(self, event: ev.Event) -> None:
-        """Consume one event. Safe to call from any thread; cheap (widgets update later)."""
-        with self._lock:
-            self._log.apply(event)
-            self._last_event = time.monotonic()
-            if isinstance(event, ev.RunStarted):
-                self._stop_clicked = False
-            self._changed()
-        if isinstance(event, ev.RunFinished):
-            self._cancel_approvals()
-            self.flush()
+        """Consume one event. Safe to call from any thread; cheap (widgets update later).
+
+        Never raises: the panel is a viewer, and a problem showing an event must not stop the
+        run. Such a problem is shown in the panel's status line instead.
+        """
+        try:
+            with self._lock:
+                self._log.apply(event)
+                self._last_event = time.monotonic()
+                if isinstance(event, ev.RunStarted):
+                    self._stop_clicked = False
+                self._changed()
+            if isinstance(event, ev.RunFinished):
+                self._cancel_approvals()
+                self.flush()
+        except Exception as exc:
+            self._say(f"The panel could not show {type(event).__name__}: {exc!r}", error=True)
 
     __call__ = handle
 
@@ -259,7 +267,10 @@ class AgentPanel:
                     if delay <= 0:
                         break
                     self._wake.wait(delay)
-            self.flush()
+            try:
+                self.flush()
+            except Exception as exc:  # keep the pump alive; say what went wrong
+                self._say(f"The panel could not draw: {exc!r}", error=True)
 
     def flush(self) -> None:
         """Write everything that changed to the widgets now (normally the pump does this)."""
@@ -332,9 +343,10 @@ class AgentPanel:
             sw.rev = view.rev
             colour = status_colour(view.status)
             if colour != sw.colour:
-                if sw.colour:
-                    sw.box.remove_class(f"nba-c-{sw.colour}")
-                sw.box.add_class(f"nba-c-{colour}")
+                with sw.box.hold_sync():  # one message for both class changes
+                    if sw.colour:
+                        sw.box.remove_class(f"nba-c-{sw.colour}")
+                    sw.box.add_class(f"nba-c-{colour}")
                 sw.colour = colour
             top, foot = step_top_html(view), step_foot_html(view)
             if sw.top.value != top:
@@ -458,8 +470,6 @@ class AgentPanel:
     # -- buttons ---------------------------------------------------------------------------
 
     def _say(self, message: str, error: bool = False) -> None:
-        from html import escape
-
         cls = "nba-status nba-err" if error else "nba-status"
         with self._lock:
             self._message = f'<div class="{cls}">{escape(clean_text(message))}</div>'

@@ -16,6 +16,7 @@ import contextlib
 import importlib.util
 import json
 import os
+import re
 import secrets
 import signal
 import socket
@@ -45,12 +46,17 @@ CHROMIUM_ARGS = [
 #: Where screenshots go (gitignored); printed by the tests that write them.
 ARTIFACTS = Path(os.environ.get("NBAGENT_ARTIFACTS", ROOT / "artifacts"))
 
-# The notebook's state as JupyterLab's own model sees it: every code cell executed (or an
-# error output somewhere), and the kernel idle.
+# The state of the notebook at ``path`` as JupyterLab's own model sees it: every code cell
+# executed (or an error output somewhere), and its kernel idle.
 _NOTEBOOK_STATE_JS = """
-() => {
-  const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;
-  if (!w || !w.content || !w.sessionContext) return {ready: false, why: "no notebook"};
+(path) => {
+  const app = window.jupyterapp;
+  if (!app) return {ready: false, why: "JupyterLab not started"};
+  let w = null;
+  for (const widget of app.shell.widgets("main")) {
+    if (widget.context && widget.context.path === path) w = widget;
+  }
+  if (!w || !w.content || !w.sessionContext) return {ready: false, why: "notebook not open"};
   const kernel = w.sessionContext.session && w.sessionContext.session.kernel;
   const status = kernel ? kernel.status : "no kernel";
   const cells = w.content.widgets.filter(c => c.model.type === "code");
@@ -63,7 +69,7 @@ _NOTEBOOK_STATE_JS = """
     }
   }
   const pending = cells.filter(c => c.model.executionCount === null).length;
-  return {ready: pending === 0 && status === "idle", status, pending, errors};
+  return {ready: pending === 0 && status === "idle", id: w.id, status, pending, errors};
 }
 """
 
@@ -105,8 +111,10 @@ class JupyterLabServer:
         dirs = {name: base / name for name in ("config", "runtime", "data", "ipython")}
         for path in dirs.values():
             path.mkdir()
+        # The test's own secrets (if any) stay out of the notebook kernels.
+        secret = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|CREDENTIAL", re.I)
         env = {
-            **os.environ,
+            **{k: v for k, v in os.environ.items() if not secret.search(k)},
             "JUPYTER_CONFIG_DIR": str(dirs["config"]),
             "JUPYTER_RUNTIME_DIR": str(dirs["runtime"]),
             "IPYTHONDIR": str(dirs["ipython"]),
@@ -206,20 +214,35 @@ class BrowserLab:
         """Open ``name`` in a new page and wait until its kernel is idle."""
         page = self.browser.new_page(viewport={"width": 1200, "height": 1000})
         page.set_default_timeout(timeout * 1000)
-        page.goto(f"{self.server.url}/lab/tree/{name}?token={self.server.token}")
+        # A fresh workspace per page (``?reset``): nothing restored from an earlier test.
+        workspace = f"ws-{secrets.token_hex(4)}"
+        page.goto(
+            f"{self.server.url}/lab/workspaces/{workspace}/tree/{name}"
+            f"?reset&token={self.server.token}"
+        )
         page.wait_for_selector("#jp-main-statusbar >> text=Idle", timeout=timeout * 1000)
         return page
 
-    def notebook_state(self, page: Any) -> dict[str, Any]:
-        return dict(page.evaluate(_NOTEBOOK_STATE_JS))
+    def notebook_state(self, page: Any, name: str) -> dict[str, Any]:
+        return dict(page.evaluate(_NOTEBOOK_STATE_JS, name))
 
-    def run_all(self, page: Any, timeout: float = 60.0) -> dict[str, Any]:
-        """Run every cell and wait until all ran and the kernel is idle; fail on any error."""
-        page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
+    def run_all(self, page: Any, name: str, timeout: float = 60.0) -> dict[str, Any]:
+        """Run every cell of ``name`` and wait until all ran and its kernel is idle.
+
+        Fails at once with the error if a cell raises.
+        """
         deadline = time.monotonic() + timeout
-        state: dict[str, Any] = {}
+        state = self.notebook_state(page, name)
+        while not state.get("id") and time.monotonic() < deadline:
+            page.wait_for_timeout(100)
+            state = self.notebook_state(page, name)
+        page.evaluate(
+            """(id) => { window.jupyterapp.shell.activateById(id);
+                         return window.jupyterapp.commands.execute('notebook:run-all-cells'); }""",
+            state.get("id"),
+        )
         while time.monotonic() < deadline:
-            state = self.notebook_state(page)
+            state = self.notebook_state(page, name)
             if state.get("errors"):
                 raise AssertionError(f"a notebook cell failed: {state['errors']}")
             if state.get("ready"):
@@ -232,7 +255,7 @@ class BrowserLab:
         name = name or f"nb-{secrets.token_hex(4)}.ipynb"
         self.write_notebook(name, cells)
         page = self.open_notebook(name)
-        self.run_all(page)
+        self.run_all(page, name)
         return page
 
     @staticmethod

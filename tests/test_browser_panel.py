@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import nbformat
 import pytest
 
+from nbagent.render import render_html
 from tests.browser_fixtures import BrowserLab
-from tests.panel_events import ANSWER
+from tests.panel_events import ANSWER, first_run, follow_up_start
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
 SETUP = """\
 import threading
@@ -111,4 +113,29 @@ def test_unsanitised_outputs_would_run_script(lab: BrowserLab) -> None:
     """The control: the page trusts widget outputs, so the check above can fail."""
     page = lab.run_notebook([CONTROL], name="control.ipynb")
     page.wait_for_function("window.__pwned === 1")
+    page.close()
+
+
+def test_saved_summary_reads_in_an_untrusted_notebook(lab: BrowserLab) -> None:
+    """The static summary, saved as an output and reopened (untrusted), still tells the run."""
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    summary = render_html([*first_run(), *follow_up_start()])
+    cell = nbformat.v4.new_code_cell("%agent plot y against x")
+    cell.outputs = [
+        nbformat.v4.new_output("display_data", data={"text/html": summary, "text/plain": "run"})
+    ]
+    nb.cells = [cell]
+    nbformat.write(nb, lab.server.root / "saved.ipynb")
+    page = lab.open_notebook("saved.ipynb")
+    output = page.locator(".jp-OutputArea-output").first
+    output.locator(f"text={ANSWER}").last.wait_for()
+    output.locator("img[src^='data:image/png']").first.wait_for()
+    output.locator("text=ax.plot(df.x, df.y, marker='o')").wait_for()
+    assert page.evaluate("typeof window.__pwned") == "undefined"
+    lab.screenshot(page, output, "summary-untrusted.png")
     page.close()

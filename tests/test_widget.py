@@ -388,3 +388,15 @@ def test_static_summary_matches_the_events(panel: AgentPanel) -> None:
     events = [*first_run(), *reply(1, "x"), *cell(1, "1", [table_output()])]
     feed(panel, events)
     assert panel.to_html() == render_html(events)
+
+
+def test_a_broken_event_never_stops_the_run(panel: AgentPanel) -> None:
+    class CellOutput(ev.Event):  # named like a real event, but without its fields
+        pass
+
+    start(panel)
+    panel.handle(CellOutput())  # must not raise into the agent loop
+    panel.flush()
+    assert "could not show CellOutput" in panel._status.value
+    feed(panel, [ev.CodeProposed(step=1, code="x")])
+    assert "x" in step_widgets(panel, 1).top.value
