@@ -456,9 +456,10 @@ class AgentPanel:
         self, key: tuple[int, int], future: concurrent.futures.Future[ApprovalDecision]
     ) -> None:
         with self._lock:
-            if self._approvals.get(key) is future:
+            current = self._approvals.get(key) is future
+            if current:
                 del self._approvals[key]
-        if future.cancelled():
+        if current and future.cancelled():  # not when a newer request replaced it
             self._set_approval(key, "cancelled")
 
     def _cancel_approvals(self) -> None:

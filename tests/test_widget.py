@@ -363,7 +363,11 @@ def test_approval_withdrawn_when_cancelled_or_run_ends(panel: AgentPanel) -> Non
     panel.flush()
     assert "cancelled" in step_widgets(panel, 1).approval.children[0].value
     panel.handle(ev.StepStarted(step=2))
-    pending = panel.request_approval(2, "y")
+    replaced = panel.request_approval(2, "y0")
+    pending = panel.request_approval(2, "y")  # a newer request for the same step wins
+    assert replaced.cancelled() and not pending.done()
+    panel.flush()
+    assert "▶ Run" in _buttons(step_widgets(panel, 2).approval)
     panel.handle(
         ev.RunFinished(
             status="stopped", answer=None, reason="stopped", steps=2, usage=ev.Usage(), duration=1.0
