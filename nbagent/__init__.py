@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it
 _EXPORTS: dict[str, str] = {
+    "AgentPanel": "nbagent.widget",
     "KernelSession": "nbagent.kernel.session",
     "ExecutionResult": "nbagent.kernel.base",
 }
@@ -22,6 +23,7 @@ __all__ = ["__version__", *sorted(_EXPORTS)]
 if TYPE_CHECKING:
     from nbagent.kernel.base import ExecutionResult as ExecutionResult
     from nbagent.kernel.session import KernelSession as KernelSession
+    from nbagent.widget import AgentPanel as AgentPanel
 
 
 def __getattr__(name: str) -> Any:

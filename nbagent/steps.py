@@ -120,7 +120,8 @@ class StepRunner:
             cell = await self._execute(step, code)
             answer = find_answer(cell.outputs) if cell.status == "ok" else None
             if answer is not None:
-                self.pending = observe(cell, vision=False, limit=1_000).text
+                seen = observe(cell, vision=False, limit=1_000).text
+                self.pending = f"{seen}\nYour final answer was given to the user: {answer}"
                 raise Finish("answered", "final_answer() was called", answer)
             self._observe(cell)
             self._check_deadline()

@@ -2,4 +2,4 @@
 
 from __future__ import annotations
 
-pytest_plugins: list[str] = ["tests.llm_fixtures"]
+pytest_plugins: list[str] = ["tests.llm_fixtures", "tests.browser_fixtures"]

@@ -167,7 +167,7 @@ def test_follow_up_continues_conversation_and_kernel(
     assert (first.answer, second.answer) == ("3", "6")
     msgs = scripted_openai.chat_requests[1].messages
     assert [m["role"] for m in msgs] == ["system", "user", "assistant", "user"]
-    assert "Final answer: 3" in msgs[-1]["content"]
+    assert "Your final answer was given to the user: 3" in msgs[-1]["content"]
     assert "New task" in msgs[-1]["content"] and "Now sum." in msgs[-1]["content"]
     assert msgs[:3] == [*scripted_openai.chat_requests[0].messages, msgs[2]]
 

@@ -1,0 +1,278 @@
+"""A run as its viewers see it: the event stream folded into runs and steps.
+
+The live panel, the terminal progress and the static HTML summary all show the same things —
+task, model, status, per-step reasoning, code, outputs, notes, tool calls, the answer — so
+they share one fold of the event stream instead of each interpreting events on its own. The fold
+is plain Python (no widgets, no HTML): :class:`RunLog.apply` takes one event and updates the
+views, bumping a revision counter on whatever changed so a renderer can redraw only that.
+
+A step is *frozen* once the next step starts or the run ends: nothing changes it afterwards,
+and renderers can stop looking at it. Its outputs are final as soon as ``CellFinished`` arrives
+(that event carries the authoritative list), so late output events are ignored.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from nbagent import events as ev
+
+__all__ = ["RunLog", "RunView", "StepView"]
+
+_FENCE = re.compile(r"```[^\n]*\n.*?(?:```|$)", re.S)
+
+
+@dataclass
+class StepView:
+    """What is known about one step of a run."""
+
+    step: int
+    #: The model's words for this step: streamed text, then its reasoning around the code.
+    text: str = ""
+    streaming: bool = False
+    plan: str = ""
+    code: str | None = None
+    #: thinking, running, ok, error, timeout, died, skipped, interrupted, or reply (no code).
+    status: str = "thinking"
+    #: None, or the approval state: pending, editing, run, edited, skip, cancelled.
+    approval: str | None = None
+    outputs: list[dict[str, Any]] = field(default_factory=list)
+    outputs_final: bool = False
+    execution_count: int | None = None
+    started: float | None = None
+    duration: float | None = None
+    reply_duration: float | None = None
+    usage: ev.Usage | None = None
+    note: str = ""
+    state_lost: bool = False
+    tools: list[ev.ToolCalled] = field(default_factory=list)
+    observation: str | None = None
+    images: int = 0
+    frozen: bool = False
+    #: Bumped on every change; ``out_rev`` only when the outputs change.
+    rev: int = 0
+    out_rev: int = 0
+
+
+@dataclass
+class RunView:
+    """One run (one task or follow-up) of an agent."""
+
+    run_id: str = ""
+    task: str = ""
+    model: str = ""
+    turn: int = 1
+    started: float = field(default_factory=time.time)
+    #: running, stopping, answered, limit, stopped, failed.
+    status: str = "running"
+    kernel: str = ""
+    step: int = 0
+    usage: ev.Usage = field(default_factory=ev.Usage)
+    notices: list[tuple[str, str]] = field(default_factory=list)
+    steps: dict[int, StepView] = field(default_factory=dict)
+    answer: str | None = None
+    reason: str = ""
+    error_type: str | None = None
+    duration: float | None = None
+    rev: int = 0
+
+    @property
+    def running(self) -> bool:
+        return self.status in ("running", "stopping")
+
+    def elapsed(self, now: float | None = None) -> float:
+        """Seconds since the run started (its final duration once it is over)."""
+        if self.duration is not None:
+            return self.duration
+        return max(0.0, (time.time() if now is None else now) - self.started)
+
+
+def strip_code_blocks(text: str) -> str:
+    """The reply without its fenced code blocks (the code is shown on its own)."""
+    return re.sub(r"\n{3,}", "\n\n", _FENCE.sub("", text)).strip()
+
+
+class RunLog:
+    """Every run shown in one place, updated event by event (not thread-safe on its own)."""
+
+    def __init__(self) -> None:
+        self.runs: list[RunView] = []
+
+    @property
+    def current(self) -> RunView | None:
+        return self.runs[-1] if self.runs else None
+
+    def step(self, number: int) -> StepView:
+        """The step ``number`` of the current run, created if it is new."""
+        run = self._run()
+        view = run.steps.get(number)
+        if view is None:
+            view = run.steps[number] = StepView(step=number)
+            run.step = max(run.step, number)
+            run.rev += 1
+        return view
+
+    def _run(self) -> RunView:
+        if not self.runs:
+            self.runs.append(RunView())
+        return self.runs[-1]
+
+    def _freeze_before(self, number: int) -> None:
+        for view in self._run().steps.values():
+            if view.step < number and not view.frozen:
+                self._finish(view)
+
+    def _finish(self, view: StepView) -> None:
+        if view.status == "running":
+            view.status = "interrupted"
+        elif view.status == "thinking":
+            view.status = "reply"
+        if view.approval in ("pending", "editing"):
+            view.approval = "cancelled"
+        view.streaming = False
+        view.outputs_final = True
+        view.frozen = True
+        view.rev += 1
+
+    def apply(self, event: ev.Event) -> None:
+        """Fold one event into the views."""
+        handler = getattr(self, f"_on_{type(event).__name__}", None)
+        if handler is not None:
+            handler(event)
+
+    # -- run level -------------------------------------------------------------------------
+
+    def _on_RunStarted(self, e: ev.RunStarted) -> None:
+        if self.runs and self.runs[-1].running:
+            last = self.runs[-1]
+            self._on_RunFinished(
+                ev.RunFinished(
+                    status="stopped",
+                    answer=None,
+                    reason="superseded by a new run",
+                    steps=last.step,
+                    usage=last.usage,
+                    duration=last.elapsed(e.time),
+                )
+            )
+        self.runs.append(
+            RunView(run_id=e.run_id, task=e.task, model=e.model, turn=e.turn, started=e.time)
+        )
+
+    def _on_KernelStatus(self, e: ev.KernelStatus) -> None:
+        run = self._run()
+        run.kernel = f"{e.status} ({e.detail})" if e.detail else e.status
+        run.rev += 1
+
+    def _on_Notice(self, e: ev.Notice) -> None:
+        run = self._run()
+        run.notices.append((e.level, e.message))
+        run.rev += 1
+        # A notice in the middle of a streamed reply means the stream broke and the request is
+        # retried: the partial text is discarded, the retried reply streams in afresh.
+        view = run.steps.get(run.step)
+        if view is not None and view.streaming and not view.frozen:
+            view.text, view.streaming = "", False
+            view.rev += 1
+
+    def _on_RunFinished(self, e: ev.RunFinished) -> None:
+        run = self._run()
+        for view in run.steps.values():
+            if not view.frozen:
+                self._finish(view)
+        run.status, run.answer, run.reason = e.status, e.answer, e.reason
+        run.error_type, run.duration, run.usage = e.error_type, e.duration, e.usage
+        run.rev += 1
+
+    # -- step level ------------------------------------------------------------------------
+
+    def _on_StepStarted(self, e: ev.StepStarted) -> None:
+        self._freeze_before(e.step)
+        view = self.step(e.step)
+        view.started = e.time
+        self._run().rev += 1
+
+    def _live(self, number: int) -> StepView | None:
+        view = self.step(number)
+        return None if view.frozen else view
+
+    def _on_TextDelta(self, e: ev.TextDelta) -> None:
+        if (view := self._live(e.step)) is not None:
+            view.text = view.text + e.text if view.streaming else e.text
+            view.streaming = True
+            view.rev += 1
+
+    def _on_ModelReplied(self, e: ev.ModelReplied) -> None:
+        run = self._run()
+        run.usage = e.total_usage
+        run.rev += 1
+        if (view := self._live(e.step)) is not None:
+            view.text, view.streaming = e.text, False
+            view.usage, view.reply_duration = e.usage, e.duration
+            view.rev += 1
+
+    def _on_PlanMade(self, e: ev.PlanMade) -> None:
+        if (view := self._live(e.step)) is not None:
+            view.plan = e.text
+            view.rev += 1
+
+    def _on_CodeProposed(self, e: ev.CodeProposed) -> None:
+        if (view := self._live(e.step)) is not None:
+            view.code = e.code
+            view.text = e.reasoning.strip() or strip_code_blocks(view.text)
+            view.streaming = False
+            view.status = "running"
+            view.started = e.time
+            if view.approval in ("pending", "editing"):
+                view.approval = "run"
+            view.rev += 1
+
+    def _on_CodeSkipped(self, e: ev.CodeSkipped) -> None:
+        if (view := self._live(e.step)) is not None:
+            view.code = e.code
+            view.text = strip_code_blocks(view.text) if view.code else view.text
+            view.status, view.note = "skipped", e.reason
+            view.outputs_final = True
+            if view.approval in ("pending", "editing"):
+                view.approval = "skip"
+            view.rev += 1
+
+    def _on_CellOutput(self, e: ev.CellOutput) -> None:
+        view = self._live(e.step)
+        if view is None or view.outputs_final:
+            return
+        if 0 <= e.index < len(view.outputs):
+            view.outputs[e.index] = e.output
+        else:
+            view.outputs.append(e.output)
+        view.out_rev += 1
+
+    def _on_CellCleared(self, e: ev.CellCleared) -> None:
+        view = self._live(e.step)
+        if view is None or view.outputs_final:
+            return
+        view.outputs = []
+        view.out_rev += 1
+
+    def _on_CellFinished(self, e: ev.CellFinished) -> None:
+        if (view := self._live(e.step)) is not None:
+            view.code = e.code
+            view.outputs = list(e.outputs)
+            view.outputs_final = True
+            view.status, view.note, view.state_lost = e.status, e.note, e.state_lost
+            view.execution_count, view.duration = e.execution_count, e.duration
+            view.rev += 1
+            view.out_rev += 1
+
+    def _on_ToolCalled(self, e: ev.ToolCalled) -> None:
+        if (view := self._live(e.step)) is not None:
+            view.tools.append(e)
+            view.rev += 1
+
+    def _on_Observation(self, e: ev.Observation) -> None:
+        if (view := self._live(e.step)) is not None:
+            view.observation, view.images = e.text, e.images
+            view.rev += 1
