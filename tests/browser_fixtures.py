@@ -1,7 +1,9 @@
 """Real-browser fixtures: JupyterLab on loopback driven by headless Chromium through playwright.
 
-``lab`` (session-scoped) starts one JupyterLab server with its own config, runtime, settings
-and workspace directories and a random token, and one Chromium. Tests use
+``lab`` starts one JupyterLab server with its own config, runtime, settings and workspace
+directories and a random token, and one Chromium. It is module-scoped: playwright's sync API
+keeps an event loop marked as running in the main thread while it is open, which would break
+every asyncio test that runs after it in the same process. Tests use
 :meth:`BrowserLab.run_notebook` to write a notebook from a list of cell sources, open it, run
 every cell and wait until the kernel is idle again; it returns the page for DOM assertions.
 Kernels started by the server import nbagent from this checkout (``PYTHONPATH``).
@@ -276,7 +278,7 @@ class BrowserLab:
         return path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrowserLab]:
     """JupyterLab on loopback and headless Chromium, shared by the session's browser tests."""
     reason = _missing()
