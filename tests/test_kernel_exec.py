@@ -78,6 +78,19 @@ def test_images_png_and_svg(kernel: KernelSession) -> None:
     _validate(r.outputs)
 
 
+def test_a_20_mb_image_is_kept_whole(kernel: KernelSession) -> None:
+    r = kernel.execute(
+        "import base64, os\nfrom IPython.display import display\n"
+        "png = base64.b64encode(b'\\x89PNG\\r\\n\\x1a\\n' + os.urandom(20_000_000)).decode()\n"
+        "display({'image/png': png, 'text/plain': '<big image>'}, raw=True)\n"
+        "len(png)"
+    )
+    size = int(r.outputs[-1]["data"]["text/plain"])
+    image = r.outputs[0]["data"]["image/png"]
+    assert len(image) == size > 26_000_000 and image.startswith("iVBORw0KGg")
+    assert r.dropped_chars == 0 and "dropped_outputs" not in r.extra
+
+
 def test_clear_output_and_display_updates_reach_the_final_state(kernel: KernelSession) -> None:
     calls: list[tuple[int, dict[str, Any] | None]] = []
     code = (

@@ -150,3 +150,14 @@ def lying_pull(names, formats=()):
     assert not marker.exists()
     with pytest.raises(TransferError, match="malformed"):
         decode_item("x", "not a record")
+
+
+def test_a_hanging_transfer_is_interrupted_and_state_kept(kernel: KernelSession) -> None:
+    kernel.execute("import sys, time\nkeep = 5\nhelper = sys.modules['_nbagent_kernel']")
+    kernel.execute("honest_push = helper._push\nhelper._push = lambda text: time.sleep(100)")
+    try:
+        with pytest.raises(TransferError, match=r"did not finish within 0\.5 s; interrupted"):
+            kernel.push({"x": 1}, timeout=0.5)
+    finally:
+        kernel.execute("helper._push = honest_push")
+    assert kernel.pull(["keep"]) == {"keep": 5}

@@ -73,6 +73,10 @@ del __nbagent_boot
 """
 
 
+class _KernelGone(KernelError):
+    """An internal request found the kernel dead or hung beyond an interrupt."""
+
+
 def _fmt(seconds: float) -> str:
     return f"{seconds:g} s"
 
@@ -484,9 +488,10 @@ class KernelSession:
             await self._backend.interrupt()
             outcome, reply = await self._drive(msg_id, self.interrupt_grace, None, None, [])
             if outcome == "done":
-                raise KernelError(f"kernel did not finish an internal request in {_fmt(timeout)}")
+                raise KernelError(f"the request did not finish within {_fmt(timeout)}; interrupted")
         if outcome != "done" or reply is None:
-            raise KernelError(f"the kernel stopped answering ({self._backend.describe_exit()})")
+            how = self._backend.describe_exit() or "hung past the interrupt"
+            raise _KernelGone(f"the kernel stopped answering ({how})")
         return reply
 
     # -- variables ---------------------------------------------------------------------------
@@ -528,14 +533,16 @@ class KernelSession:
     async def _internal_guarded(
         self, code: str, timeout: float, *, user_expressions: dict[str, str] | None = None
     ) -> dict[str, Any]:
+        """An internal request for a transfer: a hang or death becomes a TransferError, and
+        the kernel is left usable (interrupted, or restarted if that did not help)."""
         if self._dead_reason or not self._backend.is_alive():
             raise KernelDiedError("the kernel is not running; execute() restarts it")
         try:
             return await self._internal(code, timeout, user_expressions=user_expressions)
         except KernelError as exc:
-            if not self._backend.is_alive():
-                await self._restart()
-            raise TransferError(f"transfer failed: {exc}") from None
+            lost = isinstance(exc, _KernelGone) and not self._closed and await self._restart()
+            extra = "; the kernel was restarted — state lost" if lost else ""
+            raise TransferError(f"transfer failed: {exc}{extra}") from None
 
     push = sync_method(apush)
     pull = sync_method(apull)
