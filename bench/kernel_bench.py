@@ -7,7 +7,8 @@ Run from the repository root:  ``python -m bench.kernel_bench [--quick]``
 * trivial execute round trip (``1+1``): ours against raw jupyter_client on the same kind of
   kernel, both the blocking pair (``execute()`` vs ``BlockingKernelClient``) and the async pair
   (``aexecute()`` vs ``AsyncKernelClient``), rounds interleaved so drift hits both;
-* a 1e6-step Python loop in the kernel against bare ``exec()`` in this process;
+* a 1e6-step Python loop in the kernel against bare ``exec()`` in this process (and the
+  same loop sent through raw jupyter_client, to show what the kernel itself costs);
 * a 10,000-line print, ours against raw jupyter_client collecting the same stream;
 * a 1 GB print: time, kept characters and this process's peak RSS.
 
@@ -37,6 +38,7 @@ from nbagent.kernel.session import KernelSession
 
 LOOP_CODE = "s = 0\nfor i in range(1_000_000):\n    s += i\n"
 PRINT_CODE = "for i in range(10_000):\n    print(i)\n"
+TIMED_LOOP_CODE = f"_t = time.perf_counter()\n{LOOP_CODE}print(time.perf_counter() - _t)\n"
 KM = TypeVar("KM", KernelManager, AsyncKernelManager)
 
 
@@ -152,7 +154,8 @@ def bench_sync(rounds: int, loops: int) -> dict[str, Any]:
             raw.append(time.perf_counter() - t)
         res["sync_rt"] = (ours, raw)
 
-        kern, bare = [], []
+        kern, bare, rawloop, inner = [], [], [], []
+        k.execute("import time")
         code = compile(LOOP_CODE, "<loop>", "exec")
         for _ in range(loops):
             t = time.perf_counter()
@@ -162,7 +165,12 @@ def bench_sync(rounds: int, loops: int) -> dict[str, Any]:
             t = time.perf_counter()
             exec(code, {})
             bare.append(time.perf_counter() - t)
-        res["loop"] = (kern, bare)
+            t = time.perf_counter()
+            _raw_wait_blocking(kc, kc.execute(LOOP_CODE))
+            rawloop.append(time.perf_counter() - t)
+            r = k.execute(TIMED_LOOP_CODE)
+            inner.append(float(r.outputs[0]["text"]))
+        res["loop"] = (kern, bare, rawloop, inner)
 
         ours, raw = [], []
         for _ in range(loops):
@@ -188,13 +196,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
     args = parser.parse_args()
-    starts, rounds, loops = (3, 100, 3) if args.quick else (7, 500, 9)
+    starts, rounds, loops = (3, 100, 3) if args.quick else (7, 500, 21)
 
     s_ours, s_raw = asyncio.run(bench_start(starts))
     a_ours, a_raw = asyncio.run(bench_async_roundtrip(rounds))
     res = bench_sync(rounds, loops)
     y_ours, y_raw = res["sync_rt"]
-    kern, bare = res["loop"]
+    kern, bare, rawloop, inner = res["loop"]
     p_ours, p_raw = res["print"]
     gb_time, gb_kept = res["gb"]
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -215,7 +223,12 @@ def main() -> None:
     )
     print(
         f"1e6-step loop          kernel {med_ms(kern):6.1f} ms   bare exec() "
-        f"{med_ms(bare):6.1f} ms   speed {med_ms(bare) / med_ms(kern):.3f}x"
+        f"{med_ms(bare):6.1f} ms   speed {med_ms(bare) / med_ms(kern):.3f}x   "
+        f"(raw jupyter_client: {med_ms(rawloop):.1f} ms)"
+    )
+    print(
+        f"  same loop timed inside the kernel {med_ms(inner):6.1f} ms   "
+        f"speed {med_ms(bare) / med_ms(inner):.3f}x of bare exec()"
     )
     print(f"10,000-line print      ours {med_ms(p_ours):8.1f} ms   raw {med_ms(p_raw):8.1f} ms")
     print(
