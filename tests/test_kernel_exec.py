@@ -14,6 +14,7 @@ from typing import Any
 import nbformat
 import pytest
 
+from nbagent.errors import ConfigError
 from nbagent.kernel.session import KernelSession
 from tests.kernel_fixtures import stream_text
 
@@ -230,3 +231,12 @@ def test_a_gigabyte_of_prints_keeps_head_and_tail(kernel: KernelSession) -> None
 def test_working_directory_default_is_the_current_one(kernel: KernelSession) -> None:
     r = kernel.execute("import os\nprint(os.getcwd())")
     assert stream_text(r).strip() == os.getcwd() == kernel.cwd
+
+
+def test_bad_arguments_are_clear_errors(kernel: KernelSession) -> None:
+    with pytest.raises(ConfigError, match="timeout must be a positive number of seconds"):
+        kernel.execute("1", timeout=0)
+    with pytest.raises(ConfigError, match=re.escape("must contain '{connection_file}'")):
+        KernelSession(kernel_cmd=["python", "-m", "ipykernel_launcher"])
+    with pytest.raises(ConfigError, match="local backend only"):
+        KernelSession(backend=kernel.backend, log_path="x.log")

@@ -292,6 +292,8 @@ class KernelSession:
         Raises:
             KernelDiedError: The kernel is dead and could not be restarted.
         """
+        if timeout is not None and not timeout > 0:
+            raise ConfigError(f"timeout must be a positive number of seconds, not {timeout!r}")
         await self.astart()
         async with self._lock:
             return await self._execute(code, timeout, on_output, stdin_handler)
