@@ -2,4 +2,8 @@
 
 from __future__ import annotations
 
-pytest_plugins: list[str] = ["tests.llm_fixtures", "tests.browser_fixtures"]
+pytest_plugins: list[str] = [
+    "tests.llm_fixtures",
+    "tests.kernel_fixtures",
+    "tests.browser_fixtures",
+]
