@@ -13,16 +13,26 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it
 _EXPORTS: dict[str, str] = {
+    "Agent": "nbagent.agent",
     "AgentPanel": "nbagent.widget",
-    "KernelSession": "nbagent.kernel.session",
+    "Decision": "nbagent.steps",
     "ExecutionResult": "nbagent.kernel.base",
+    "KernelSession": "nbagent.kernel.session",
+    "RunResult": "nbagent.agent",
+    "Transcript": "nbagent.transcript",
+    "make_model": "nbagent.llm",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]
 
 if TYPE_CHECKING:
+    from nbagent.agent import Agent as Agent
+    from nbagent.agent import RunResult as RunResult
     from nbagent.kernel.base import ExecutionResult as ExecutionResult
     from nbagent.kernel.session import KernelSession as KernelSession
+    from nbagent.llm import make_model as make_model
+    from nbagent.steps import Decision as Decision
+    from nbagent.transcript import Transcript as Transcript
     from nbagent.widget import AgentPanel as AgentPanel
 
 
