@@ -26,7 +26,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nbagent._sync import sync_method
 from nbagent.errors import (
@@ -48,6 +48,10 @@ from nbagent.kernel.transfer import (
     encode_values,
     host_formats,
 )
+from nbagent.kernel.upload import DataFile, collect_data, upload_files
+
+if TYPE_CHECKING:
+    from nbagent.kernel.gateway import Gateway
 
 __all__ = ["KernelSession", "StdinHandler"]
 
@@ -101,6 +105,11 @@ class KernelSession:
             removed at shutdown).
         backend: Another transport (e.g. a gateway). Default: a local ipykernel process.
         shutdown_timeout: Seconds a kernel gets to honour a shutdown request before SIGTERM.
+        gateway: Run the kernel on this Kernel Gateway / Enterprise Gateway (a URL or a
+            :class:`~nbagent.kernel.gateway.Gateway`); ``env_passthrough`` and ``extra_env``
+            names are forwarded to it with the ``KERNEL_*`` variables.
+        data: Files and directories to put into the kernel's working directory after every
+            start (checked now; see :mod:`nbagent.kernel.upload`).
     """
 
     def __init__(
@@ -119,7 +128,13 @@ class KernelSession:
         log_path: str | os.PathLike[str] | None = None,
         backend: KernelBackend | None = None,
         shutdown_timeout: float = 5.0,
+        gateway: str | Gateway | None = None,
+        data: Sequence[str | os.PathLike[str] | DataFile] = (),
     ) -> None:
+        if gateway is not None:
+            if backend is not None:
+                raise ConfigError("give either a gateway or a backend, not both")
+            backend = _gateway_backend(gateway, (*env_passthrough, *(extra_env or {})))
         if backend is not None and (kernel_cmd is not None or log_path is not None):
             raise ConfigError("kernel_cmd and log_path apply to the local backend only")
         if min(max_output_chars, max_outputs, max_output_bytes) < 2:
@@ -139,6 +154,7 @@ class KernelSession:
         self._dead_reason = ""
         self._execution_count: int | None = None
         self._kernel_pyarrow = False
+        self.data = collect_data(data)
         _reaper.install_sigterm_handler()
 
     # -- properties --------------------------------------------------------------------------
@@ -220,6 +236,10 @@ class KernelSession:
             reply = await self._internal(self.startup_code, self.startup_timeout)
             if reply.get("status") != "ok":
                 raise KernelStartupError(f"startup_code failed: {_error_line(reply)}")
+        if self.data:
+            await upload_files(
+                self.data, lambda code, ue: self._internal(code, 120.0, user_expressions=ue)
+            )
 
     async def _restart(self) -> bool:
         """Restart and re-run setup; on failure remember why and return False."""
@@ -548,6 +568,12 @@ class KernelSession:
 
     push = sync_method(apush)
     pull = sync_method(apull)
+
+
+def _gateway_backend(gateway: str | Gateway, forward: Sequence[str]) -> KernelBackend:
+    from nbagent.kernel.gateway import Gateway
+
+    return Gateway.coerce(gateway).backend(forward_env=forward)
 
 
 def _error_of(reply: dict[str, Any] | None) -> dict[str, Any] | None:
