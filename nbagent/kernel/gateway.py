@@ -42,25 +42,21 @@ import contextlib
 import logging
 import math
 import os
-import threading
 import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
-
 from nbagent.errors import ConfigError, KernelStartupError
 from nbagent.kernel import _reaper
+from nbagent.kernel._gateway_rest import ENV_TOKEN, ENV_URL, USER_AGENT, GatewayREST
 from nbagent.kernel._gateway_socket import KernelSocket
 from nbagent.kernel._gateway_wire import (
     RedactingLogger,
     display_url,
     encode_frame,
-    gateway_error_text,
     http_base,
-    redact,
 )
 from nbagent.kernel.base import Channel, KernelMessage
 
@@ -68,17 +64,17 @@ __all__ = ["DEFAULT_LAUNCH_TIMEOUT", "ENV_TOKEN", "ENV_URL", "Gateway", "Gateway
 
 log = logging.getLogger(__name__)
 
-ENV_URL = "JUPYTER_GATEWAY_URL"
-ENV_TOKEN = "JUPYTER_GATEWAY_AUTH_TOKEN"
 #: Enterprise Gateway's own default for KERNEL_LAUNCH_TIMEOUT.
 DEFAULT_LAUNCH_TIMEOUT = 40.0
-_USER_AGENT = "nbagent (gateway backend)"
 #: Seconds between kernel_info requests while waiting for a kernel to answer.
 _READY_POLL = 0.25
 #: Extra seconds the gateway gets to finish its own shutdown ladder behind a DELETE.
 _DELETE_SLACK = 15.0
 #: How long the exit-time reaper waits for its DELETE requests.
 _REAP_WAIT = 3.0
+#: Seconds between checks that the gateway still has the kernel (deleted or culled kernels
+#: leave the websocket open).
+_WATCH_INTERVAL = 3.0
 
 
 @dataclass(frozen=True)
@@ -181,7 +177,6 @@ class GatewayBackend:
         _check_options(kernel_name, launch_timeout, reconnect_timeout)
         self._base = http_base(url)
         self._shown = display_url(self._base)
-        self._token_given = token is not None
         self._token = token if token is not None else os.environ.get(ENV_TOKEN) or None
         self._kernel_name = kernel_name
         self._launch_timeout = float(launch_timeout)
@@ -191,7 +186,13 @@ class GatewayBackend:
         self._request_timeout = float(request_timeout)
         self._session_id = uuid.uuid4().hex
         self._wslog = RedactingLogger(logging.getLogger(f"{__name__}.websocket"), self._token)
-        self._client: httpx.AsyncClient | None = None
+        self._rest = GatewayREST(
+            self._base,
+            self._shown,
+            self._token,
+            token_given=token is not None,
+            timeout=float(request_timeout),
+        )
         self._kernel_id: str | None = None
         self._socket: KernelSocket | None = None
         self._queue: asyncio.Queue[KernelMessage] = asyncio.Queue()
@@ -201,8 +202,9 @@ class GatewayBackend:
         self._in_lifecycle = False
         self._closing = False
         self._env: dict[str, str] = {}
-        self._reap_thread: threading.Thread | None = None
+        self._reap_thread: Any = None
         self._reconnects = 0
+        self._watcher: asyncio.Task[None] | None = None
 
     # -- properties --------------------------------------------------------------------------
 
@@ -265,7 +267,7 @@ class GatewayBackend:
 
     async def _launch(self) -> None:
         body = {"name": self._kernel_name, "env": self._env}
-        resp = await self._request(
+        resp = await self._rest.request(
             "POST",
             "/api/kernels",
             json=body,
@@ -274,7 +276,7 @@ class GatewayBackend:
             f"{self._launch_timeout:g} s (launch_timeout)",
         )
         if resp.status_code not in (200, 201):
-            raise await self._launch_error(resp)
+            raise await self._rest.launch_error(resp, self._kernel_name)
         try:
             kernel_id = str(resp.json()["id"])
         except (ValueError, KeyError, TypeError):
@@ -286,35 +288,6 @@ class GatewayBackend:
         await self._open()
         await self._wait_ready()
         self._mark_ready()
-
-    async def _launch_error(self, resp: httpx.Response) -> KernelStartupError:
-        text = gateway_error_text(resp.status_code, resp.reason_phrase, resp.text)
-        where = f"the kernel gateway at {self._shown}"
-        if resp.status_code == 401 or (resp.status_code == 403 and "Resource" not in text):
-            if not self._token:
-                hint = f"it needs a token: set {ENV_TOKEN}"
-            elif self._token_given:
-                hint = "check the token"
-            else:
-                hint = f"check the token in {ENV_TOKEN}"
-            msg = f"{where} refused the request ({text}); {hint}"
-        else:
-            names = await self._kernelspec_names()
-            if names is not None and self._kernel_name not in names:
-                msg = (
-                    f"{where} has no kernelspec {self._kernel_name!r} (it has: "
-                    f"{', '.join(sorted(names)) or 'none'}); it answered {text}"
-                )
-            else:
-                msg = f"{where} could not start a {self._kernel_name!r} kernel: {text}"
-        return KernelStartupError(redact(msg, self._token))
-
-    async def _kernelspec_names(self) -> set[str] | None:
-        with contextlib.suppress(Exception):
-            resp = await self._request("GET", "/api/kernelspecs", timeout=self._request_timeout)
-            if resp.status_code == 200:
-                return set(resp.json()["kernelspecs"])
-        return None
 
     async def _wait_ready(self) -> None:
         """Ask kernel_info until the shell answers and iopub carries the status for it."""
@@ -340,6 +313,24 @@ class GatewayBackend:
         self._alive = True
         self._exit = ""
         self._gateway_restarted = False
+        if self._watcher is None or self._watcher.done():
+            self._watcher = asyncio.ensure_future(self._watch())
+
+    async def _watch(self) -> None:
+        """Notice a kernel the gateway no longer has: a DELETE by someone else, idle culling.
+        jupyter_server leaves the websocket open in that case, so only REST can tell."""
+        while not self._closing:
+            await asyncio.sleep(_WATCH_INTERVAL)
+            kernel_id = self._kernel_id
+            if kernel_id is None or self._in_lifecycle or not self._alive:
+                continue
+            # Unreachable counts as present: the socket's reconnecting decides that case.
+            if not await self._rest.has_kernel(kernel_id) and kernel_id == self._kernel_id:
+                self._on_lost("the gateway no longer has it")
+
+    async def _still_there(self) -> bool:
+        """Whether the gateway still has our kernel (True when it cannot tell)."""
+        return self._kernel_id is None or await self._rest.has_kernel(self._kernel_id)
 
     async def restart(self, *, timeout: float) -> None:
         self._in_lifecycle = True
@@ -361,18 +352,18 @@ class GatewayBackend:
                 self._mark_ready()
                 return
         if self._kernel_id is not None:
-            resp = await self._request(
+            resp = await self._rest.request(
                 "POST", f"/api/kernels/{self._kernel_id}/restart", timeout=timeout
             )
-            if resp.status_code == 404:
+            # A kernel the gateway no longer has: 404 from some gateways, 500 from others.
+            if resp.status_code == 404 or (
+                resp.status_code >= 400 and not await self._still_there()
+            ):
                 await self._forget_kernel()
             elif resp.status_code >= 400:
-                text = gateway_error_text(resp.status_code, resp.reason_phrase, resp.text)
+                text = self._rest.error_text(resp)
                 raise KernelStartupError(
-                    redact(
-                        f"the kernel gateway at {self._shown} could not restart the kernel: {text}",
-                        self._token,
-                    )
+                    f"the kernel gateway at {self._shown} could not restart the kernel: {text}"
                 )
             else:
                 if not self._socket_running():
@@ -391,10 +382,15 @@ class GatewayBackend:
     async def shutdown(self, *, timeout: float) -> None:
         self._closing = True
         kernel_id = self._kernel_id
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            watcher.cancel()
+            with contextlib.suppress(BaseException):
+                await watcher
         await self._close_socket()
         if kernel_id is not None:
             try:
-                resp = await self._request(
+                resp = await self._rest.request(
                     "DELETE", f"/api/kernels/{kernel_id}", timeout=max(timeout, 0) + _DELETE_SLACK
                 )
                 if resp.status_code not in (200, 204, 404):
@@ -402,17 +398,14 @@ class GatewayBackend:
                         "the kernel gateway at %s did not delete kernel %s: %s",
                         self._shown,
                         kernel_id,
-                        gateway_error_text(resp.status_code, resp.reason_phrase, resp.text),
+                        self._rest.error_text(resp),
                     )
             except KernelStartupError as exc:
                 log.warning("could not delete kernel %s: %s", kernel_id, exc)
         self._kernel_id = None
         self._alive = False
         _reaper.unregister(self)
-        client, self._client = self._client, None
-        if client is not None:
-            with contextlib.suppress(Exception):
-                await client.aclose()
+        await self._rest.aclose()
 
     # -- messages ----------------------------------------------------------------------------
 
@@ -461,17 +454,17 @@ class GatewayBackend:
         if kernel_id is None:
             return
         try:
-            resp = await self._request(
-                "POST", f"/api/kernels/{kernel_id}/interrupt", timeout=self._request_timeout
-            )
+            resp = await self._rest.request("POST", f"/api/kernels/{kernel_id}/interrupt")
         except KernelStartupError as exc:
             log.warning("could not interrupt the kernel: %s", exc)
             return
-        if resp.status_code >= 400:
+        if resp.status_code == 404 or (resp.status_code >= 400 and not await self._still_there()):
+            self._on_lost("the gateway no longer has it")
+        elif resp.status_code >= 400:
             log.warning(
                 "the kernel gateway at %s did not interrupt the kernel: %s",
                 self._shown,
-                gateway_error_text(resp.status_code, resp.reason_phrase, resp.text),
+                self._rest.error_text(resp),
             )
 
     # -- the websocket -----------------------------------------------------------------------
@@ -503,7 +496,7 @@ class GatewayBackend:
         self._socket = KernelSocket(
             base=self._base,
             shown=self._shown,
-            headers=self._headers(),
+            headers=self._rest.headers(),
             token=self._token,
             session_id=self._session_id,
             reconnect_timeout=self._reconnect_timeout,
@@ -511,7 +504,7 @@ class GatewayBackend:
             on_message=self._on_message,
             on_lost=self._on_lost,
             logger=self._wslog,
-            user_agent=_USER_AGENT,
+            user_agent=USER_AGENT,
         )
         await self._socket.open(self._kernel_id)
 
@@ -528,55 +521,11 @@ class GatewayBackend:
             self._reconnects += socket.reconnects
             await socket.close()
 
-    # -- REST --------------------------------------------------------------------------------
-
-    def _headers(self) -> dict[str, str]:
-        return {"Authorization": f"token {self._token}"} if self._token else {}
-
-    async def _request(
-        self,
-        method: str,
-        path: str,
-        *,
-        timeout: float,
-        json: Any = None,
-        late: str = "",
-    ) -> httpx.Response:
-        """One REST call; an unreachable or silent gateway becomes a KernelStartupError."""
-        if self._client is None:
-            self._client = httpx.AsyncClient(
-                headers={**self._headers(), "User-Agent": _USER_AGENT}, follow_redirects=False
-            )
-        try:
-            return await self._client.request(
-                method, self._base + path, json=json, timeout=httpx.Timeout(timeout, connect=10)
-            )
-        except httpx.TimeoutException:
-            why = late or f"did not answer {method} {path} within {timeout:g} s"
-            msg = f"the kernel gateway at {self._shown} {why}"
-        except httpx.HTTPError as exc:
-            msg = (
-                f"cannot reach the kernel gateway at {self._shown} "
-                f"({type(exc).__name__}: {exc or 'no answer'}); check the URL "
-                f"(--gateway or {ENV_URL})"
-            )
-        raise KernelStartupError(redact(msg, self._token))
-
     # -- reaping at interpreter exit (no event loop; see _reaper) ----------------------------
 
     def begin_reap(self) -> None:
-        kernel_id = self._kernel_id
-        if kernel_id is None:
-            return
-        url = f"{self._base}/api/kernels/{kernel_id}"
-        headers = self._headers()
-
-        def delete() -> None:
-            with contextlib.suppress(Exception), httpx.Client(timeout=_REAP_WAIT) as client:
-                client.delete(url, headers=headers)
-
-        self._reap_thread = threading.Thread(target=delete, name="nbagent-reap", daemon=True)
-        self._reap_thread.start()
+        if self._kernel_id is not None:
+            self._reap_thread = self._rest.delete_in_thread(self._kernel_id, _REAP_WAIT)
 
     def finish_reap(self, wait: float) -> None:
         thread = self._reap_thread
