@@ -21,17 +21,21 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nbagent import _sync
 from nbagent.errors import ConfigError, NbAgentError
 from nbagent.events import Event, KernelStatus, Notice, RunFinished, RunStarted, RunStatus, Usage
 from nbagent.kernel.session import KernelSession
+from nbagent.kernel.upload import DataFile, collect_data, describe_data
 from nbagent.llm import make_model
 from nbagent.llm.base import ChatModel, Message
 from nbagent.prelude import PRELUDE
 from nbagent.prompts import follow_up, system_prompt, task_message
 from nbagent.steps import Approver, Decision, Finish, StepRunner
+
+if TYPE_CHECKING:
+    from nbagent.kernel.gateway import Gateway
 
 __all__ = ["Agent", "Decision", "RunResult"]
 
@@ -74,6 +78,11 @@ class Agent:
         vision: send images to the model (default: what the model is known to support).
         on_event: called with every event, from the loop thread, before it is yielded.
         approve: awaited before each cell runs; returns a :class:`Decision`.
+        gateway: run the kernel on a Jupyter Kernel Gateway or Enterprise Gateway: its URL or
+            a :class:`~nbagent.kernel.gateway.Gateway` (the token comes from
+            ``$JUPYTER_GATEWAY_AUTH_TOKEN`` unless the Gateway carries one).
+        data: files and directories to upload into the kernel's working directory when it
+            starts (checked now; the model is told which files are there).
     """
 
     def __init__(
@@ -96,6 +105,8 @@ class Agent:
         on_event: Listener | None = None,
         approve: Approver | None = None,
         kernel_options: Mapping[str, Any] | None = None,
+        gateway: str | Gateway | None = None,
+        data: Sequence[str | os.PathLike[str] | DataFile] = (),
     ) -> None:
         if max_steps < 1:
             raise ConfigError(f"max_steps must be at least 1, got {max_steps}")
@@ -123,6 +134,13 @@ class Agent:
         self.observation_limit = observation_limit
         self.approve = approve
         self.kernel_options = dict(kernel_options or {})
+        if gateway is not None:
+            from nbagent.kernel.gateway import Gateway
+
+            self.kernel_options["gateway"] = Gateway.coerce(gateway)  # a bad URL fails now
+        files = collect_data([*self.kernel_options.get("data", ()), *data])
+        if files:
+            self.kernel_options["data"] = files
         self.messages: list[Message] = [Message("system", system or system_prompt(instructions))]
         self.usage = Usage()
         self.steps = 0
@@ -134,7 +152,7 @@ class Agent:
         self._producer: asyncio.Task[None] | None = None
         self._stop_reason: str | None = None
         self._pending = ""
-        self._context = ""
+        self._context = describe_data(files)
 
     # -- listeners and lifecycle -------------------------------------------------------------
 

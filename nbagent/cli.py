@@ -3,7 +3,8 @@
 ``nbagent run TASK`` prints the final answer alone on stdout and its progress on stderr, so it
 composes in shell pipelines. Exit codes: 0 answered, 1 the agent failed or stopped at a limit,
 2 usage or configuration error, 130 interrupted (Ctrl-C: the kernel is interrupted and shut
-down, what exists is saved).
+down, what exists is saved). ``nbagent batch TASKS.jsonl -o DIR`` runs many tasks at once
+(:mod:`nbagent.batch`) and exits 0 only when every task was answered.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from nbagent.errors import AuthenticationError, ConfigError, NbAgentError
 
 if TYPE_CHECKING:
     from nbagent.agent import Agent
+    from nbagent.kernel.gateway import Gateway
     from nbagent.transcript import Transcript
 
 __all__ = ["build_parser", "main"]
@@ -62,13 +64,41 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
+    _add_limit_options(p)
+    p.add_argument("-o", "--output", metavar="PATH", help="save the run as a notebook")
+    p.add_argument("--workdir", help="the kernel's working directory (default: current)")
+
+
+def _add_kernel_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--gateway",
+        metavar="URL",
+        help="run kernels on this Jupyter Kernel Gateway or Enterprise Gateway "
+        "(env JUPYTER_GATEWAY_URL; token from JUPYTER_GATEWAY_AUTH_TOKEN)",
+    )
+    p.add_argument("--kernel-name", metavar="NAME", help="the gateway's kernelspec (python3)")
+    p.add_argument(
+        "--data",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="upload this file or directory into the kernel's working directory (repeatable)",
+    )
+
+
+def _gateway(args: argparse.Namespace) -> Gateway | None:
+    from nbagent.kernel.gateway import Gateway
+
+    return Gateway.from_env(args.gateway, kernel_name=args.kernel_name)
+
+
+def _add_limit_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-steps", type=_positive_int, default=20, help="default 20")
     p.add_argument(
         "--step-timeout", type=_seconds, default=120.0, help="seconds per cell (default 120)"
     )
     p.add_argument("--time-limit", type=_seconds, help="wall-clock seconds for the whole run")
     p.add_argument("--token-budget", type=_positive_int, help="stop after this many tokens")
-    p.add_argument("-o", "--output", metavar="PATH", help="save the run as a notebook")
     p.add_argument(
         "--env",
         action="append",
@@ -76,7 +106,6 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="pass this environment variable to the kernel although it looks secret",
     )
-    p.add_argument("--workdir", help="the kernel's working directory (default: current)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
 
 
@@ -88,6 +117,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("task", help='what to do ("-" reads it from stdin)')
     _add_model_options(run)
     _add_run_options(run)
+    _add_kernel_options(run)
+    batch = sub.add_parser("batch", help="run the tasks of a JSONL file in parallel")
+    batch.add_argument("tasks", help='JSONL file: one {"id", "task", "data"} object per line')
+    batch.add_argument(
+        "-c", "--concurrency", type=_positive_int, default=4, help="agents at once (default 4)"
+    )
+    batch.add_argument(
+        "-o", "--output", required=True, metavar="DIR", help="transcripts and results.jsonl"
+    )
+    _add_model_options(batch)
+    _add_limit_options(batch)
+    _add_kernel_options(batch)
     demo = sub.add_parser(
         "demo", help="analyse a bundled data set end to end (offline: recorded model replies)"
     )
@@ -113,6 +154,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_run(args)
         if args.command == "demo":
             return _cmd_demo(args)
+        if args.command == "batch":
+            return _cmd_batch(args)
     except KeyboardInterrupt:
         print("nbagent: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -152,8 +195,34 @@ def _cmd_run(args: argparse.Namespace) -> int:
         workdir=args.workdir,
         env=args.env,
         on_event=None if args.quiet else Progress(sys.stderr),
+        gateway=_gateway(args),
+        data=args.data,
     )
     return _run_agent(agent, task, transcript)
+
+
+def _cmd_batch(args: argparse.Namespace) -> int:
+    from nbagent.batch import load_tasks, run_batch
+
+    tasks = load_tasks(args.tasks, shared_data=args.data)  # every line checked first
+    report = run_batch(
+        tasks,
+        args.output,
+        concurrency=args.concurrency,
+        gateway=_gateway(args),
+        agent_options={
+            "model": args.model,
+            "base_url": args.base_url,
+            "vision": args.vision,
+            "max_steps": args.max_steps,
+            "step_timeout": args.step_timeout,
+            "time_limit": args.time_limit,
+            "token_budget": args.token_budget,
+            "env": args.env,
+        },
+        progress=None if args.quiet else sys.stderr,
+    )
+    return EXIT_OK if report.ok else EXIT_FAILED
 
 
 def _run_agent(agent: Agent, task: str, transcript: Transcript | None) -> int:

@@ -19,6 +19,7 @@ a network failure as the client sees it.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import select
@@ -73,6 +74,13 @@ class KernelGatewayServer:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("JUPYTER_", "KG_"))}
         for name in ("config", "data", "runtime"):
             (self.base / name).mkdir(exist_ok=True)
+        # A kernelspec whose process never answers: for start-timeout tests.
+        sleeper = self.base / "data" / "kernels" / "sleeper"
+        sleeper.mkdir(parents=True, exist_ok=True)
+        argv = [sys.executable, "-c", "import time; time.sleep(600)", "{connection_file}"]
+        (sleeper / "kernel.json").write_text(
+            json.dumps({"argv": argv, "display_name": "never answers", "language": "python"})
+        )
         env.update(
             JUPYTER_CONFIG_DIR=str(self.base / "config"),
             JUPYTER_DATA_DIR=str(self.base / "data"),
@@ -154,9 +162,10 @@ class KernelGatewayServer:
         kw.setdefault("token", self.token)
         return Gateway(self.url, **kw)
 
-    def backend(self, **kw: Any) -> GatewayBackend:
+    def backend(self, url: str | None = None, **kw: Any) -> GatewayBackend:
+        """A backend for this gateway (or for ``url``, e.g. a proxy in front of it)."""
         kw.setdefault("token", self.token)
-        return GatewayBackend(self.url, **kw)
+        return GatewayBackend(url or self.url, **kw)
 
 
 _SERVER: KernelGatewayServer | None = None
