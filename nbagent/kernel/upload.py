@@ -230,8 +230,10 @@ async def _send(f: DataFile, run: Runner, chunk_bytes: int) -> int:
             while block := fh.read(chunk_bytes):
                 digest.update(block)
                 size += len(block)
-                code = f"{_H}._up_write({target}, {base64.b64encode(block).decode()!r})"
-                _check(await run(code, None), f"uploading {f.source}")
+                # As a user expression: IPython compiles it without transforming the cell
+                # first, which costs 15x less than the same call as cell code (1 MiB: 12 ms).
+                expr = f"{_H}._up_write({target}, {base64.b64encode(block).decode()!r})"
+                _check_expression(await run("", {"w": expr}), "w", f"uploading {f.source}")
     except OSError as exc:
         await run(f"{_H}._up_abort({target})", None)
         raise TransferError(f"cannot read data file {f.source}: {exc.strerror or exc}") from None
@@ -248,6 +250,11 @@ def _digest(path: Path) -> tuple[int, str]:
             h.update(block)
             size += len(block)
     return size, h.hexdigest()
+
+
+def _check_expression(reply: dict[str, Any], key: str, what: str) -> None:
+    _check(reply, what)
+    _check(((reply.get("user_expressions") or {}).get(key)) or {"status": "error"}, what)
 
 
 def _check(reply: dict[str, Any], what: str) -> None:
