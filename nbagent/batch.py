@@ -131,7 +131,7 @@ def _parse_line(raw: str, number: int, file: Path, shared: tuple[DataFile, ...])
     where = f"{file} line {number}"
     try:
         obj = json.loads(raw)
-    except ValueError as exc:
+    except json.JSONDecodeError as exc:
         raise ConfigError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
     if not isinstance(obj, dict):
         raise ConfigError(f"{where}: expected a JSON object, got {type(obj).__name__}")

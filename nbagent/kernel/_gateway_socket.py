@@ -69,7 +69,7 @@ class KernelSocket:
         open_timeout: float,
         on_message: Callable[[KernelMessage], None],
         on_lost: Callable[[str], None],
-        logger: logging.Logger | logging.LoggerAdapter,  # type: ignore[type-arg]
+        logger: logging.Logger | logging.LoggerAdapter[logging.Logger],
         user_agent: str,
     ) -> None:
         self._base, self._shown = base, shown

@@ -16,7 +16,7 @@ import datetime as _dt
 import json
 import logging
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from nbagent.errors import ConfigError
@@ -181,6 +181,12 @@ def gateway_error_text(status: int, reason: str, body: str) -> str:
     return text if len(text) <= _MAX_ERROR else text[: _MAX_ERROR - 1] + "…"
 
 
+if TYPE_CHECKING:
+    _Adapter = logging.LoggerAdapter[logging.Logger]
+else:  # LoggerAdapter is subscriptable only from Python 3.11
+    _Adapter = logging.LoggerAdapter
+
+
 def redact(text: str, secret: str | None) -> str:
     """``text`` with ``secret`` replaced by ``***`` (no-op for an empty secret)."""
     if not secret or len(secret) < 3:
@@ -188,7 +194,7 @@ def redact(text: str, secret: str | None) -> str:
     return text.replace(secret, "***")
 
 
-class RedactingLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+class RedactingLogger(_Adapter):
     """A logger that removes ``secret`` from every record it passes on.
 
     websockets logs the handshake's request headers at DEBUG — ``Authorization`` included — so
