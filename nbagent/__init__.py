@@ -17,6 +17,7 @@ _EXPORTS: dict[str, str] = {
     "AgentPanel": "nbagent.widget",
     "Decision": "nbagent.steps",
     "ExecutionResult": "nbagent.kernel.base",
+    "Gateway": "nbagent.kernel.gateway",
     "KernelSession": "nbagent.kernel.session",
     "RunResult": "nbagent.agent",
     "Transcript": "nbagent.transcript",
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     from nbagent.agent import Agent as Agent
     from nbagent.agent import RunResult as RunResult
     from nbagent.kernel.base import ExecutionResult as ExecutionResult
+    from nbagent.kernel.gateway import Gateway as Gateway
     from nbagent.kernel.session import KernelSession as KernelSession
     from nbagent.llm import make_model as make_model
     from nbagent.steps import Decision as Decision

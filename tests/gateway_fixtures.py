@@ -131,8 +131,16 @@ class KernelGatewayServer:
         return {"Authorization": f"token {self.token}"}
 
     def kernels(self) -> list[dict[str, Any]]:
-        """The gateway's running kernels (GET /api/kernels)."""
-        resp = httpx.get(f"{self.url}/api/kernels", headers=self.headers(), timeout=10)
+        """The gateway's running kernels (GET /api/kernels).
+
+        Kernel Gateway 3.0 answers 500 while a kernel is still starting (its model has no
+        ``last_activity`` yet), so a 500 is asked again after a moment.
+        """
+        for _ in range(50):
+            resp = httpx.get(f"{self.url}/api/kernels", headers=self.headers(), timeout=10)
+            if resp.status_code != 500:
+                break
+            time.sleep(0.1)
         resp.raise_for_status()
         return list(resp.json())
 
