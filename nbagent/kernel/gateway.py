@@ -84,7 +84,7 @@ class Gateway:
     Args:
         url: The gateway's base URL (``http://host:8888``, ``https://host/prefix``).
         token: Sent as ``Authorization: token …``. Default: ``$JUPYTER_GATEWAY_AUTH_TOKEN``,
-            read when a kernel is launched.
+            read when each kernel's backend is made.
         kernel_name: The kernelspec to launch on the gateway.
         launch_timeout: Seconds the gateway may take to launch a kernel (also sent as
             ``KERNEL_LAUNCH_TIMEOUT``, which Enterprise Gateway honours).
