@@ -92,6 +92,8 @@ class RunStarted(Event):
     model: str
     #: 1 for the first run of an Agent, 2 for its first follow-up, ...
     turn: int = 1
+    #: The exact user message that starts this run (the task, with any context).
+    prompt: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -48,7 +48,7 @@ from nbagent.events import (
 from nbagent.observe import SUMMARY_MIME
 from nbagent.prelude import SETUP_CELL
 
-__all__ = ["Transcript", "atomic_write_notebook"]
+__all__ = ["Transcript", "atomic_write_notebook", "read_transcript"]
 
 #: MIME types only the agent's own kernel produces; dropped so re-runs compare equal.
 PRIVATE_MIME = frozenset({SUMMARY_MIME})
@@ -84,6 +84,17 @@ class Transcript:
         self._has_setup = False
         #: The last autosave error, if any (the run goes on; the caller decides what to do).
         self.save_error: TranscriptError | None = None
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], *, autosave: bool = True) -> Transcript:
+        """Continue an existing transcript: new runs are appended to it (and saved there)."""
+        nb = read_transcript(path)
+        transcript = cls(path, autosave=autosave)
+        transcript.nb = nb
+        transcript._has_setup = any(
+            c.metadata.get("nbagent", {}).get("role") == "setup" for c in nb.cells
+        )
+        return transcript
 
     # -- the listener ----------------------------------------------------------------------
 
@@ -123,7 +134,7 @@ class Transcript:
         self.nb.cells.append(
             nbformat.v4.new_markdown_cell(
                 f"## {heading}\n\n{_quote(event.task)}\n\n*nbagent {__version__} · {event.model}*",
-                metadata={"nbagent": {"role": "task", "turn": event.turn}},
+                metadata={"nbagent": {"role": "task", "turn": event.turn, "prompt": event.prompt}},
             )
         )
         if not self._has_setup:
@@ -205,21 +216,18 @@ class Transcript:
             {"status": event.status, "answer": event.answer, "steps": event.steps}
         )
         # A reply without code that ended the run is the answer: keep its text as reasoning.
+        answer_meta: dict[str, Any] = {"role": "answer", "status": event.status}
         leftover = [s for s in self._replies if s not in self._code_cells]
         for step in leftover:
             if event.status == "answered" and event.answer is not None:
-                self._replies.pop(step)
+                answer_meta.update(step=step, reply=self._replies.pop(step))
             else:
                 self._reply_only(step, "")
         if event.status == "answered":
             body = f"## Answer\n\n{event.answer}"
         else:
             body = f"## Run ended: {event.status}\n\n{_quote(event.reason)}"
-        self.nb.cells.append(
-            nbformat.v4.new_markdown_cell(
-                body, metadata={"nbagent": {"role": "answer", "status": event.status}}
-            )
-        )
+        self.nb.cells.append(nbformat.v4.new_markdown_cell(body, metadata={"nbagent": answer_meta}))
 
     # -- saving --------------------------------------------------------------------------------
 
@@ -278,6 +286,30 @@ def atomic_write_notebook(nb: nbformat.NotebookNode, path: str | os.PathLike[str
         if tmp is not None:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
+
+
+def read_transcript(
+    path: str | os.PathLike[str], *, require_nbagent: bool = True
+) -> nbformat.NotebookNode:
+    """Read and validate a notebook; with ``require_nbagent``, it must be an nbagent transcript."""
+    target = Path(path)
+    try:
+        nb = nbformat.read(target, as_version=4)
+    except FileNotFoundError:
+        raise TranscriptError(f"no such notebook: {target}") from None
+    except IsADirectoryError:
+        raise TranscriptError(f"{target} is a directory, not a notebook") from None
+    except OSError as exc:
+        raise TranscriptError(f"cannot read {target}: {exc.strerror or exc}") from None
+    except Exception as exc:  # nbformat raises several types for malformed JSON
+        raise TranscriptError(f"{target} is not a readable notebook: {exc}") from None
+    try:
+        nbformat.validate(nb)
+    except nbformat.ValidationError as exc:
+        raise TranscriptError(f"{target} is not a valid notebook: {exc.message}") from None
+    if require_nbagent and "nbagent" not in nb.metadata:
+        raise TranscriptError(f"{target} is a notebook, but not an nbagent transcript")
+    return nb
 
 
 def _clean_output(output: dict[str, Any]) -> dict[str, Any]:
