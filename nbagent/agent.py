@@ -21,7 +21,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nbagent import _sync
 from nbagent.errors import ConfigError, NbAgentError
@@ -31,9 +31,10 @@ from nbagent.llm import make_model
 from nbagent.llm.base import ChatModel, Message
 from nbagent.prelude import PRELUDE
 from nbagent.prompts import follow_up, system_prompt, task_message
-from nbagent.resume import restore_conversation
 from nbagent.steps import Approver, Decision, Finish, StepRunner
-from nbagent.transcript import Transcript
+
+if TYPE_CHECKING:  # nbformat costs up to seconds to import (jsonschema): load it when used
+    from nbagent.transcript import Transcript
 
 __all__ = ["Agent", "Decision", "RunResult"]
 
@@ -234,6 +235,9 @@ class Agent:
     async def aresume(self, source: str | os.PathLike[str] | Transcript) -> Transcript:
         """Continue a saved run: restore its conversation, rebuild kernel state by re-running
         its code, and append the next runs to the same transcript (returned)."""
+        from nbagent.resume import restore_conversation
+        from nbagent.transcript import Transcript
+
         self._bind_loop()
         if self.turns or len(self.messages) > 1:
             raise ConfigError("resume into a fresh Agent: this one already has a conversation")
