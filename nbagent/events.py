@@ -145,6 +145,9 @@ class CodeProposed(Event):
     code: str
     #: The reasoning text around the code blocks.
     reasoning: str = ""
+    #: The model's code when an approver edited it before it ran ("" when ``code`` is the
+    #: model's own).
+    original: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)
