@@ -159,10 +159,12 @@ def test_breaches_read_plainly() -> None:
     limits = ResourceLimits(
         memory="2G", cpu_seconds=30, processes=32, open_files=100, file_size="10M"
     )
-    assert limits.explain_exit("killed by SIGXCPU") == "CPU time limit of 30 s reached (SIGXCPU)"
+    assert limits.explain_exit("killed by SIGXCPU") == (
+        "CPU time limit of 30 s reached; killed by SIGXCPU"
+    )
     assert limits.explain_exit("killed by SIGXFSZ").startswith("file size limit of 10 MB")
     assert limits.explain_exit("killed by SIGABRT") == (
-        "memory limit of 2 GB most likely reached (killed by SIGABRT)"
+        "memory limit of 2 GB most likely reached; killed by SIGABRT"
     )
     assert limits.explain_exit("exit code 1") == "exit code 1"
     assert ResourceLimits().explain_exit("killed by SIGXCPU") == "killed by SIGXCPU"

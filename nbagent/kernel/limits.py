@@ -214,12 +214,12 @@ class ResourceLimits:
         """``how`` (a backend's "killed by SIGXCPU") with the limit that caused it, if one did."""
         signame = how.removeprefix("killed by ") if how.startswith("killed by SIG") else ""
         if self.cpu_seconds is not None and signame == signal.SIGXCPU.name:
-            return f"CPU time limit of {self.cpu_seconds} s reached ({signame})"
+            return f"CPU time limit of {self.cpu_seconds} s reached; killed by {signame}"
         if isinstance(self.file_size, int) and signame == signal.SIGXFSZ.name:
-            return f"file size limit of {format_size(self.file_size)} reached ({signame})"
+            return f"file size limit of {format_size(self.file_size)} reached; killed by {signame}"
         if isinstance(self.memory, int) and signame in ("SIGKILL", "SIGABRT", "SIGSEGV", "SIGBUS"):
             # Past RLIMIT_DATA a C library (zmq, a BLAS) may abort rather than raise.
-            return f"memory limit of {format_size(self.memory)} most likely reached ({how})"
+            return f"memory limit of {format_size(self.memory)} most likely reached; {how}"
         return how
 
     def explain_error(self, error: Mapping[str, Any] | None) -> str:
