@@ -79,7 +79,8 @@ def _own_cgroup_dirs(controller: str) -> list[str]:
     return found
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """True if a process with this pid exists (ours or another user's)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -96,7 +97,7 @@ def sweep_cgroups() -> int:
         with contextlib.suppress(OSError):
             for name in os.listdir(parent):
                 pid = name[len(CGROUP_PREFIX) :]
-                if name.startswith(CGROUP_PREFIX) and pid.isdigit() and not _pid_alive(int(pid)):
+                if name.startswith(CGROUP_PREFIX) and pid.isdigit() and not pid_alive(int(pid)):
                     with contextlib.suppress(OSError):  # EBUSY while a child still lives
                         os.rmdir(os.path.join(parent, name))
                         removed += 1
