@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 from typing import TextIO
 
+from nbagent.errors import ConfigError
 from nbagent.steps import Decision
 
 __all__ = ["TerminalApprover"]
@@ -118,8 +119,16 @@ class TerminalApprover:
         color: bool | None = None,
     ) -> None:
         if not timeout > 0:
-            raise ValueError(f"timeout must be positive, not {timeout!r}")
-        fd = sys.stdin.fileno() if input_fd is None else input_fd
+            raise ConfigError(f"the approval timeout must be positive, not {timeout!r}")
+        if input_fd is None:
+            try:
+                input_fd = sys.stdin.fileno()
+            except (AttributeError, OSError, ValueError):
+                raise ConfigError(
+                    "approval reads answers from stdin, which has no file descriptor here; "
+                    "pass input_fd"
+                ) from None
+        fd = input_fd
         self._lines = _FdLines(fd)
         self._interactive = os.isatty(fd)
         self.output = output or sys.stderr

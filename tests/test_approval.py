@@ -16,6 +16,7 @@ import pytest
 
 from nbagent.agent import Agent
 from nbagent.approval import TerminalApprover
+from nbagent.errors import ConfigError
 from nbagent.events import CellFinished, CodeProposed, CodeSkipped
 from nbagent.steps import Decision
 from tests.llm_fixtures import ScriptedServer, scripted_model
@@ -203,9 +204,12 @@ def test_on_a_terminal_keys_typed_before_the_question_are_dropped() -> None:
         os.close(slave)
 
 
-def test_bad_timeout_is_refused() -> None:
-    with pytest.raises(ValueError, match="timeout must be positive"):
+def test_bad_settings_are_config_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ConfigError, match="approval timeout must be positive"):
         TerminalApprover(input_fd=0, timeout=0)
+    monkeypatch.setattr(sys, "stdin", io.StringIO("r\n"))  # as in a notebook: no descriptor
+    with pytest.raises(ConfigError, match="stdin, which has no file descriptor"):
+        TerminalApprover()
 
 
 # -- in an agent -------------------------------------------------------------------------
