@@ -130,7 +130,9 @@ class Agent:
         self.approve = approve
         self.kernel_options = dict(kernel_options or {})
         if resource_limits:
-            resource_limits.check_backend(self.kernel_options.get("backend"))
+            # A backend or a gateway means nbagent does not launch the kernel: fail now.
+            options = self.kernel_options
+            resource_limits.check_backend(options.get("backend") or options.get("gateway"))
             self.kernel_options["resource_limits"] = resource_limits
         self.messages: list[Message] = [Message("system", system or system_prompt(instructions))]
         self.usage = Usage()

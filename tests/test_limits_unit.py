@@ -147,12 +147,13 @@ def test_agent_rejects_limits_with_a_backend_at_once(scripted_openai) -> None:
     from nbagent.agent import Agent
     from tests.llm_fixtures import scripted_model
 
-    with pytest.raises(ConfigError, match="only to local kernels"):
-        Agent(
-            scripted_model(scripted_openai),
-            resource_limits=ResourceLimits(cpu_seconds=5),
-            kernel_options={"backend": object()},
-        )
+    for options in ({"backend": object()}, {"gateway": "http://127.0.0.1:8888"}):
+        with pytest.raises(ConfigError, match="only to local kernels"):
+            Agent(
+                scripted_model(scripted_openai),
+                resource_limits=ResourceLimits(cpu_seconds=5),
+                kernel_options=options,
+            )
 
 
 def test_breaches_read_plainly() -> None:
