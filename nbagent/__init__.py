@@ -18,6 +18,7 @@ _EXPORTS: dict[str, str] = {
     "Decision": "nbagent.steps",
     "ExecutionResult": "nbagent.kernel.base",
     "KernelSession": "nbagent.kernel.session",
+    "ResourceLimits": "nbagent.kernel.limits",
     "RunResult": "nbagent.agent",
     "Transcript": "nbagent.transcript",
     "make_model": "nbagent.llm",
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     from nbagent.agent import Agent as Agent
     from nbagent.agent import RunResult as RunResult
     from nbagent.kernel.base import ExecutionResult as ExecutionResult
+    from nbagent.kernel.limits import ResourceLimits as ResourceLimits
     from nbagent.kernel.session import KernelSession as KernelSession
     from nbagent.llm import make_model as make_model
     from nbagent.steps import Decision as Decision

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from nbagent import _sync
 from nbagent.errors import ConfigError, NbAgentError
 from nbagent.events import Event, KernelStatus, Notice, RunFinished, RunStarted, RunStatus, Usage
+from nbagent.kernel.limits import ResourceLimits
 from nbagent.kernel.session import KernelSession
 from nbagent.llm import make_model
 from nbagent.llm.base import ChatModel, Message
@@ -72,11 +73,15 @@ class Agent:
         step_timeout: seconds one cell may run before it is interrupted.
         time_limit: wall-clock seconds for a whole run (None: no limit).
         token_budget: total tokens (input + output, all runs of this agent) before it stops.
-        workdir: the kernel's working directory (default: the current directory).
+        workdir: the kernel's working directory (default: the current directory, where a
+            notebook's files are; the CLI makes a fresh run directory instead, see
+            :func:`nbagent.rundir.prepare_run_dir`).
         env: names of environment variables to pass to the kernel although they look secret.
         vision: send images to the model (default: what the model is known to support).
         on_event: called with every event, from the loop thread, before it is yielded.
         approve: awaited before each cell runs; returns a :class:`Decision`.
+        resource_limits: memory, CPU, process, open-file and file-size bounds for the kernel
+            (:class:`~nbagent.kernel.limits.ResourceLimits`; local kernels only; default off).
     """
 
     def __init__(
@@ -99,6 +104,7 @@ class Agent:
         on_event: Listener | None = None,
         approve: Approver | None = None,
         kernel_options: Mapping[str, Any] | None = None,
+        resource_limits: ResourceLimits | None = None,
     ) -> None:
         if max_steps < 1:
             raise ConfigError(f"max_steps must be at least 1, got {max_steps}")
@@ -126,6 +132,11 @@ class Agent:
         self.observation_limit = observation_limit
         self.approve = approve
         self.kernel_options = dict(kernel_options or {})
+        if resource_limits:
+            # A backend or a gateway means nbagent does not launch the kernel: fail now.
+            options = self.kernel_options
+            resource_limits.check_backend(options.get("backend") or options.get("gateway"))
+            self.kernel_options["resource_limits"] = resource_limits
         self.messages: list[Message] = [Message("system", system or system_prompt(instructions))]
         self.usage = Usage()
         self.steps = 0
@@ -385,7 +396,12 @@ class Agent:
         self._context = ""
         emit(
             RunStarted(
-                run_id=run_id, task=task, model=self._model_label(), turn=self.turns, prompt=prompt
+                run_id=run_id,
+                task=task,
+                model=self._model_label(),
+                turn=self.turns,
+                prompt=prompt,
+                workdir=self.workdir,
             )
         )
         if self._kernel_start is None or not self._kernel_start.done():

@@ -4,6 +4,11 @@
 composes in shell pipelines. Exit codes: 0 answered, 1 the agent failed or stopped at a limit,
 2 usage or configuration error, 130 interrupted (Ctrl-C: the kernel is interrupted and shut
 down, what exists is saved).
+
+A run works in a fresh run directory, ``./nbagent-runs/<time>-<id>/`` (printed on stderr), with
+the ``--data`` files copied in; ``--workdir DIR`` works in DIR instead. ``--approve`` asks
+before each cell (:mod:`nbagent.approval`); ``--max-memory`` and friends bound the kernel
+(:mod:`nbagent.kernel.limits`). docs/security.md says what each of these does and does not stop.
 """
 
 from __future__ import annotations
@@ -54,6 +59,15 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _size(text: str) -> int:
+    from nbagent.kernel.limits import parse_size
+
+    try:
+        return parse_size(text, what="the value")
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", "-m", help="[provider:]name, e.g. openai:gpt-4o (env NBAGENT_MODEL)")
     p.add_argument("--base-url", help="the provider's base URL (env NBAGENT_BASE_URL)")
@@ -82,8 +96,55 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="pass this environment variable to the kernel although it looks secret",
     )
-    p.add_argument("--workdir", help="the kernel's working directory (default: current)")
+    p.add_argument(
+        "--workdir",
+        metavar="DIR",
+        help="work in DIR as it is (e.g. '.') instead of a fresh run directory "
+        "./nbagent-runs/<time>-<id>/",
+    )
+    p.add_argument(
+        "--data",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="copy this file or directory into the working directory first (repeatable)",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+    approval = p.add_argument_group("approval")
+    approval.add_argument(
+        "--approve",
+        action="store_true",
+        help="show each cell on stderr and read one line from stdin: r run, e edit "
+        "($EDITOR), s skip, q quit; end of input or no answer in time skips",
+    )
+    approval.add_argument(
+        "--approve-timeout",
+        type=_seconds,
+        default=300.0,
+        metavar="S",
+        help="seconds to wait for an answer before skipping (default 300)",
+    )
+    limits = p.add_argument_group(
+        "resource limits of the local kernel (default off; see docs/security.md)"
+    )
+    limits.add_argument(
+        "--max-memory", type=_size, metavar="SIZE", help="memory it may allocate, e.g. 512M, 2G"
+    )
+    limits.add_argument(
+        "--max-cpu-seconds",
+        type=_positive_int,
+        metavar="N",
+        help="CPU seconds per kernel process (it is restarted when they run out)",
+    )
+    limits.add_argument(
+        "--max-procs", type=_positive_int, metavar="N", help="processes and threads (20 or more)"
+    )
+    limits.add_argument(
+        "--max-open-files", type=_positive_int, metavar="N", help="open files (64 or more)"
+    )
+    limits.add_argument(
+        "--max-file-size", type=_size, metavar="SIZE", help="largest file it may write, e.g. 100M"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -153,25 +214,68 @@ def _read_task(task: str) -> str:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    import shutil
+
     from nbagent.agent import Agent
+    from nbagent.approval import TerminalApprover
+    from nbagent.kernel.limits import ResourceLimits
     from nbagent.progress import Progress
+    from nbagent.rundir import prepare_run_dir
     from nbagent.transcript import Transcript
 
+    if args.approve and args.task == "-":
+        raise ConfigError("--approve reads answers from stdin: give the task as an argument")
     task = _read_task(args.task)
-    transcript = Transcript(args.output) if args.output and not args.resume else None
-    agent = Agent(
-        args.model,
-        base_url=args.base_url,
-        vision=args.vision,
-        max_steps=args.max_steps,
-        step_timeout=args.step_timeout,
-        time_limit=args.time_limit,
-        token_budget=args.token_budget,
-        workdir=args.workdir,
-        env=args.env,
-        on_event=None if args.quiet else Progress(sys.stderr),
+    limits = ResourceLimits(
+        memory=args.max_memory,
+        cpu_seconds=args.max_cpu_seconds,
+        processes=args.max_procs,
+        open_files=args.max_open_files,
+        file_size=args.max_file_size,
     )
+    approver = TerminalApprover(timeout=args.approve_timeout) if args.approve else None
+    transcript = Transcript(args.output) if args.output and not args.resume else None
+    base = args.workdir
+    if args.resume and base is None:
+        base = _resumed_workdir(args.resume)
+    workdir = prepare_run_dir(base, args.data)
+    fresh = base is None
+    try:
+        agent = Agent(
+            args.model,
+            base_url=args.base_url,
+            vision=args.vision,
+            max_steps=args.max_steps,
+            step_timeout=args.step_timeout,
+            time_limit=args.time_limit,
+            token_budget=args.token_budget,
+            workdir=workdir,
+            env=args.env,
+            on_event=None if args.quiet else Progress(sys.stderr),
+            approve=approver,
+            resource_limits=limits,
+        )
+    except NbAgentError:
+        if fresh:
+            shutil.rmtree(workdir, ignore_errors=True)
+        raise
+    if fresh or not args.quiet:
+        print(f"nbagent: working in {workdir}", file=sys.stderr)
+    if limits and not args.quiet:
+        print(f"nbagent: kernel limits: {limits.describe()}", file=sys.stderr)
     return _run_agent(agent, task, transcript, resume=args.resume, output=args.output)
+
+
+def _resumed_workdir(path: str) -> str:
+    """Where a resumed run works: the directory recorded in the transcript, if it still exists,
+    else the transcript's own folder (files the code wrote may then be missing)."""
+    from nbagent.transcript import read_transcript
+
+    nb = read_transcript(path)
+    recorded = nb.metadata["nbagent"].get("workdir")
+    if isinstance(recorded, str) and Path(recorded).is_dir():
+        return recorded
+    return str(Path(path).resolve().parent)
 
 
 def _run_agent(

@@ -94,6 +94,8 @@ class RunStarted(Event):
     turn: int = 1
     #: The exact user message that starts this run (the task, with any context).
     prompt: str = ""
+    #: The kernel's working directory.
+    workdir: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -147,6 +149,9 @@ class CodeProposed(Event):
     code: str
     #: The reasoning text around the code blocks.
     reasoning: str = ""
+    #: The model's code when an approver edited it before it ran ("" when ``code`` is the
+    #: model's own).
+    original: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -116,14 +116,17 @@ class StepRunner:
             code = await self._approved(step, parsed.code)
             if code is None:
                 continue
-            self.emit(CodeProposed(step=step, code=code, reasoning=parsed.reasoning))
+            original = parsed.code if code != parsed.code else ""
+            self.emit(
+                CodeProposed(step=step, code=code, reasoning=parsed.reasoning, original=original)
+            )
             cell = await self._execute(step, code)
             answer = find_answer(cell.outputs) if cell.status == "ok" else None
             if answer is not None:
                 seen = observe(cell, vision=False, limit=1_000).text
                 self.pending = f"{seen}\nYour final answer was given to the user: {answer}"
                 raise Finish("answered", "final_answer() was called", answer)
-            self._observe(cell)
+            self._observe(cell, edited=bool(original))
             self._check_deadline()
 
     async def _approved(self, step: int, code: str) -> str | None:
@@ -147,14 +150,18 @@ class StepRunner:
         self.emit(Observation(step=step, text=text))
         self.agent.messages.append(Message("user", text))
 
-    def _observe(self, cell: CellFinished) -> None:
+    def _observe(self, cell: CellFinished, *, edited: bool = False) -> None:
         agent = self.agent
         parts = observe(cell, vision=agent.vision, limit=agent.observation_limit)
-        self.emit(Observation(step=cell.step, text=parts.text, images=len(parts.images)))
-        content: str | tuple[TextPart | ImagePart, ...] = parts.text
+        text = parts.text
+        if edited:  # the model must know what really ran, or it reasons about its own code
+            ran = f"```python\n{cell.code}\n```"
+            text = f"The user edited your code before it ran. What ran:\n{ran}\n{text}"
+        self.emit(Observation(step=cell.step, text=text, images=len(parts.images)))
+        content: str | tuple[TextPart | ImagePart, ...] = text
         if parts.images:
             images = (ImagePart(data=b64, media_type=media) for media, b64 in parts.images)
-            content = (TextPart(parts.text), *images)
+            content = (TextPart(text), *images)
         agent.messages.append(Message("user", content))
 
     async def _ask_model(self, step: int) -> Completion:

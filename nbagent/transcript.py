@@ -8,7 +8,8 @@ run happened and re-executes in a plain ``python3`` kernel:
   (``final_answer``), so re-execution works without nbagent;
 * per step, a markdown cell with the model's reasoning and a code cell with the code, its real
   outputs and execution count; ``metadata.nbagent`` holds step, duration, status, the raw reply
-  and the observation the model read (what ``--resume`` needs to restore the conversation);
+  and the observation the model read (what ``--resume`` needs to restore the conversation), and
+  for code a person edited before it ran, ``edited: true`` and the model's ``proposed_code``;
 * cells that raised carry the ``raises-exception`` tag; cells that timed out, killed the kernel
   or were skipped carry ``skip-execution`` (nbclient) and ``nbval-skip``, and say why, so a
   re-run cannot hang or die;
@@ -81,6 +82,7 @@ class Transcript:
         self._replies: dict[int, str] = {}
         self._reasoning: dict[int, str] = {}
         self._code_cells: dict[int, Any] = {}
+        self._originals: dict[int, str] = {}
         self._has_setup = False
         #: The last autosave error, if any (the run goes on; the caller decides what to do).
         self.save_error: TranscriptError | None = None
@@ -105,6 +107,8 @@ class Transcript:
             self._replies[event.step] = event.text
         elif isinstance(event, CodeProposed):
             self._reasoning[event.step] = event.reasoning
+            if event.original:
+                self._originals[event.step] = event.original
         elif isinstance(event, CodeSkipped):
             self._code_cell(event.step, event.code, status="skipped", note=event.reason)
         elif isinstance(event, CellFinished):
@@ -127,6 +131,8 @@ class Transcript:
         meta["runs"].append(
             {"run_id": event.run_id, "task": event.task, "started": _iso(event.time)}
         )
+        if event.workdir:
+            meta["workdir"] = event.workdir
         meta.setdefault("model", event.model)
         meta.setdefault("task", event.task)
         meta.setdefault("started", _iso(event.time))
@@ -158,6 +164,9 @@ class Transcript:
             meta["reply"] = self._replies.pop(step)
         if note:
             meta["note"] = note
+        if step in self._originals:  # an approver edited the model's code; this is what ran
+            meta["edited"] = True
+            meta["proposed_code"] = self._originals.pop(step)
         cell = nbformat.v4.new_code_cell(code, metadata={"nbagent": meta})
         if status == "skipped":
             cell.metadata["tags"] = list(SKIP_TAGS)

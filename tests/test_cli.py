@@ -23,7 +23,11 @@ def py(code: str) -> str:
 
 
 def nbagent(
-    *args: str, env: dict[str, str] | None = None, stdin: str | None = None, timeout: float = 120
+    *args: str,
+    env: dict[str, str] | None = None,
+    stdin: str | None = None,
+    timeout: float = 120,
+    cwd: Path | None = None,
 ) -> subprocess.CompletedProcess[str]:
     full = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     return subprocess.run(
@@ -33,6 +37,7 @@ def nbagent(
         env=full,
         input=stdin,
         timeout=timeout,
+        cwd=cwd,
     )
 
 
@@ -50,9 +55,20 @@ def test_task_from_stdin_and_transcript(scripted_openai: ScriptedServer, tmp_pat
     scripted_openai.add("Forty-two.")
     out = tmp_path / "run.ipynb"
     proc = nbagent(
-        "run", "-", "-o", str(out), "-q", env=scripted_openai.env(), stdin="What is it?\n"
+        "run",
+        "-",
+        "-o",
+        str(out),
+        "-q",
+        env=scripted_openai.env(),
+        stdin="What is it?\n",
+        cwd=tmp_path,
     )
-    assert proc.returncode == 0 and proc.stdout == "Forty-two.\n" and proc.stderr.count("\n") == 1
+    assert proc.returncode == 0 and proc.stdout == "Forty-two.\n"
+    # -q leaves only where things are: the fresh run directory and the transcript
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 2 and "working in" in lines[0] and "transcript saved" in lines[1]
+    assert (tmp_path / "nbagent-runs").is_dir()
     nb = nbformat.read(out, as_version=4)
     assert nb.metadata["nbagent"]["task"] == "What is it?"
 
@@ -76,9 +92,11 @@ def test_step_limit_exits_1(scripted_openai: ScriptedServer, tmp_path: Path) -> 
         (["frobnicate"], "invalid choice"),
     ],
 )
-def test_usage_errors_exit_2_with_one_line(args: list[str], message: str) -> None:
+def test_usage_errors_exit_2_with_one_line(args: list[str], message: str, tmp_path: Path) -> None:
     proc = nbagent(
-        *args, env={"NBAGENT_MODEL": "openai:x", "NBAGENT_BASE_URL": "http://127.0.0.1:9/v1"}
+        *args,
+        env={"NBAGENT_MODEL": "openai:x", "NBAGENT_BASE_URL": "http://127.0.0.1:9/v1"},
+        cwd=tmp_path,
     )
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr
@@ -99,10 +117,12 @@ def test_no_model_configured_says_what_to_set(tmp_path: Path) -> None:
     assert "NBAGENT_MODEL" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
-def test_bad_key_exits_2_without_showing_it(scripted_openai: ScriptedServer) -> None:
+def test_bad_key_exits_2_without_showing_it(
+    scripted_openai: ScriptedServer, tmp_path: Path
+) -> None:
     scripted_openai.add(Reply(status=401, text="Incorrect API key provided"))
     env = {**scripted_openai.env(), "OPENAI_API_KEY": "sk-test-DO-NOT-SHOW-1234"}
-    proc = nbagent("run", "t", env=env)
+    proc = nbagent("run", "t", env=env, cwd=tmp_path)
     assert proc.returncode == 2 and "401" in proc.stderr
     assert "DO-NOT-SHOW" not in proc.stderr + proc.stdout
 

@@ -47,6 +47,7 @@ from jupyter_client.session import Session
 
 from nbagent.errors import ConfigError, KernelStartupError
 from nbagent.kernel import _reaper
+from nbagent.kernel._limits import pid_alive
 from nbagent.kernel.base import Channel, KernelMessage
 
 __all__ = ["DEFAULT_KERNEL_CMD", "LocalBackend"]
@@ -93,21 +94,11 @@ def _runtime_base() -> Path | None:
     return base
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _sweep_stale(base: Path) -> None:
     """Remove runtime dirs whose host process no longer exists (it was SIGKILLed)."""
     for entry in base.iterdir():
         pid_text = entry.name.split("-", 1)[0]
-        if pid_text.isdigit() and int(pid_text) != os.getpid() and not _pid_alive(int(pid_text)):
+        if pid_text.isdigit() and int(pid_text) != os.getpid() and not pid_alive(int(pid_text)):
             shutil.rmtree(entry, ignore_errors=True)
 
 
