@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from nbagent import _sync
+from nbagent.actions import ACTIONS, Action
 from nbagent.errors import ConfigError, NbAgentError
 from nbagent.events import Event, KernelStatus, Notice, RunFinished, RunStarted, RunStatus, Usage
 from nbagent.kernel.session import KernelSession
@@ -32,6 +33,8 @@ from nbagent.llm.base import ChatModel, Message
 from nbagent.prelude import PRELUDE
 from nbagent.prompts import follow_up, system_prompt, task_message
 from nbagent.steps import Approver, Decision, Finish, StepRunner
+from nbagent.toolhost import ToolHost
+from nbagent.tools import Tool, check_tools, describe_tools
 
 __all__ = ["Agent", "Decision", "RunResult"]
 
@@ -74,6 +77,13 @@ class Agent:
         vision: send images to the model (default: what the model is known to support).
         on_event: called with every event, from the loop thread, before it is yielded.
         approve: awaited before each cell runs; returns a :class:`Decision`.
+        tools: host functions made with :func:`nbagent.tool` that kernel code may call; they
+            run in this process (see docs/architecture.md, "Tools").
+        tool_timeout: seconds one tool call may take unless the tool sets its own.
+        action: how the model sends code: "code" (fenced blocks in its text) or "tools" (a
+            native ``run_python(code)`` function call, for function-calling models).
+        planning_interval: ask the model for a short plan before step 1 and an update every
+            this many steps (None: no planning).
     """
 
     def __init__(
@@ -96,6 +106,10 @@ class Agent:
         on_event: Listener | None = None,
         approve: Approver | None = None,
         kernel_options: Mapping[str, Any] | None = None,
+        tools: Sequence[Tool] = (),
+        tool_timeout: float = 60.0,
+        action: Action = "code",
+        planning_interval: int | None = None,
     ) -> None:
         if max_steps < 1:
             raise ConfigError(f"max_steps must be at least 1, got {max_steps}")
@@ -105,6 +119,17 @@ class Agent:
             raise ConfigError(f"time_limit must be positive, got {time_limit}")
         if token_budget is not None and token_budget <= 0:
             raise ConfigError(f"token_budget must be positive, got {token_budget}")
+        if action not in ACTIONS:
+            raise ConfigError(f"action must be one of {', '.join(ACTIONS)}, got {action!r}")
+        if planning_interval is not None and planning_interval < 1:
+            raise ConfigError(f"planning_interval must be at least 1, got {planning_interval}")
+        if not tool_timeout > 0:
+            raise ConfigError(f"tool_timeout must be positive, got {tool_timeout}")
+        self.tools = check_tools(tools)
+        self.tool_host = ToolHost(self.tools, timeout=tool_timeout) if self.tools else None
+        self.tool_names = frozenset(t.name for t in self.tools)
+        self.action: Action = action
+        self.planning_interval = planning_interval
         if isinstance(model, str) or model is None:
             self.model: ChatModel = make_model(
                 model, base_url=base_url, api_key=api_key, vision=vision, max_tokens=max_tokens
@@ -123,7 +148,10 @@ class Agent:
         self.observation_limit = observation_limit
         self.approve = approve
         self.kernel_options = dict(kernel_options or {})
-        self.messages: list[Message] = [Message("system", system or system_prompt(instructions))]
+        extra = "\n".join(x for x in (describe_tools(self.tools), instructions.strip()) if x)
+        self.messages: list[Message] = [
+            Message("system", system or system_prompt(extra, action=action))
+        ]
         self.usage = Usage()
         self.steps = 0
         self.turns = 0
@@ -164,7 +192,8 @@ class Agent:
             start = None  # the last start failed: try again
         if start is None:
             options = {"cwd": self.workdir, "env_passthrough": self.env, **self.kernel_options}
-            self._kernel = KernelSession(startup_code=PRELUDE, **options)
+            prelude = PRELUDE + (self.tool_host.prelude() if self.tool_host else "")
+            self._kernel = KernelSession(startup_code=prelude, **options)
             start = asyncio.ensure_future(self._kernel.astart())
             # Retrieve a failure even if no step ever awaits it (a run answered without code).
             start.add_done_callback(lambda t: t.cancelled() or t.exception())
@@ -339,7 +368,12 @@ class Agent:
         self.turns += 1
         first_step, usage_before = self.steps, self.usage
         run_id = uuid.uuid4().hex[:12]
-        emit(RunStarted(run_id=run_id, task=task, model=self._model_label(), turn=self.turns))
+        specs = tuple(self.tool_host.specs()) if self.tool_host else ()
+        emit(
+            RunStarted(
+                run_id=run_id, task=task, model=self._model_label(), turn=self.turns, tools=specs
+            )
+        )
         if self._kernel_start is None or not self._kernel_start.done():
             emit(KernelStatus(status="starting"))
         runner = StepRunner(

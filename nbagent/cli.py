@@ -78,6 +78,34 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--workdir", help="the kernel's working directory (default: current)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+    _add_tool_options(p)
+
+
+def _add_tool_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--tools",
+        action="append",
+        default=[],
+        metavar="MODULE:ATTR",
+        help="host tools kernel code may call: a @tool or a list of them (module or file.py); "
+        "repeatable",
+    )
+    p.add_argument(
+        "--tool-timeout", type=_seconds, default=60.0, help="seconds per tool call (default 60)"
+    )
+    p.add_argument(
+        "--action",
+        choices=("code", "tools"),
+        default="code",
+        help="how the model sends code: fenced blocks (code, default) or a run_python "
+        "function call (tools)",
+    )
+    p.add_argument(
+        "--plan-every",
+        type=_positive_int,
+        metavar="N",
+        help="ask for a short plan before step 1 and an update every N steps",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -137,9 +165,11 @@ def _read_task(task: str) -> str:
 def _cmd_run(args: argparse.Namespace) -> int:
     from nbagent.agent import Agent
     from nbagent.progress import Progress
+    from nbagent.tools import load_tools
     from nbagent.transcript import Transcript
 
     task = _read_task(args.task)
+    tools = [t for spec in args.tools for t in load_tools(spec)]
     transcript = Transcript(args.output) if args.output else None
     agent = Agent(
         args.model,
@@ -152,6 +182,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         workdir=args.workdir,
         env=args.env,
         on_event=None if args.quiet else Progress(sys.stderr),
+        tools=tools,
+        tool_timeout=args.tool_timeout,
+        action=args.action,
+        planning_interval=args.plan_every,
     )
     return _run_agent(agent, task, transcript)
 
