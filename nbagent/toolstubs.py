@@ -50,6 +50,7 @@ def _nbagent_tool_stubs(specs, call):
 
     def make(name, sig):
         def stub(*args, **kwargs):
+            __tracebackhide__ = True  # IPython leaves these frames out of tracebacks
             try:
                 bound = sig.bind(*args, **kwargs)
             except TypeError as exc:
@@ -89,8 +90,10 @@ def _nbagent_tools_install(specs):
     kernel = getattr(ip, "kernel", None)
     ids = itertools.count(1)
     marker = MARKER_LITERAL
+    error = ToolCallError
 
     def call(name, args):
+        __tracebackhide__ = True
         call_id = next(ids)
         try:
             payload = json.dumps({"id": call_id, "name": name, "args": args}, allow_nan=False)
@@ -102,7 +105,7 @@ def _nbagent_tools_install(specs):
         try:
             reply = kernel.raw_input(marker + payload)
         except (StdinNotImplementedError, EOFError, AttributeError):
-            raise ToolCallError(
+            raise error(
                 "%s() failed: the host cannot be reached from this cell" % name
             ) from None
         try:
@@ -110,10 +113,10 @@ def _nbagent_tools_install(specs):
         except ValueError:
             data = None
         if not isinstance(data, dict) or data.get("id") != call_id:
-            raise ToolCallError("%s() failed: unreadable reply from the host" % name)
+            raise error("%s() failed: unreadable reply from the host" % name)
         if data.get("ok"):
             return data.get("result")
-        raise ToolCallError("%s() failed: %s" % (name, data.get("error")))
+        raise error("%s() failed: %s" % (name, data.get("error")))
 
     def refuse(prompt="", *args, **kwargs):
         raise StdinNotImplementedError(
@@ -137,6 +140,7 @@ def _nbagent_tools_replay(specs, recorded):
     queues = {name: list(calls) for name, calls in recorded.items()}
 
     def call(name, args):
+        __tracebackhide__ = True
         queue = queues.get(name)
         if not queue:
             raise ToolCallError(
@@ -159,14 +163,22 @@ def _literal(value: Any) -> str:
 
 
 def tools_prelude(specs: Sequence[Mapping[str, Any]]) -> str:
-    """Source that defines live stubs for these tools in the agent's kernel ("" for none)."""
+    """Source that defines live stubs for these tools in the agent's kernel ("" for none).
+
+    It is compiled under the file name ``<nbagent-tools>``, so a traceback through a stub
+    shows one short line of ours instead of the stub's source.
+    """
     if not specs:
         return ""
-    return (
+    source = (
         _STUBS
         + _LIVE.replace("MARKER_LITERAL", repr(MARKER))
         + f"\n_nbagent_tools_install({_literal(list(specs))})\n"
         + "del _nbagent_tools_install, _nbagent_tool_stubs\n"
+    )
+    return (
+        f"\nexec(compile({source!r}, '<nbagent-tools>', 'exec'), "
+        "__import__('IPython').get_ipython().user_ns)\n"
     )
 
 

@@ -60,12 +60,22 @@ def _make_tools() -> list[Any]:
         return "late"
 
     @tool
+    async def sleepy(seconds: float) -> str:
+        """Longer than the cell may run."""
+        try:
+            await asyncio.sleep(seconds)
+        except asyncio.CancelledError:
+            cancelled.append("sleepy")
+            raise
+        return "slept"
+
+    @tool
     async def add(a: int, b: int = 1) -> int:
         """Adds."""
         await asyncio.sleep(0.01)
         return a + b
 
-    return [weather, bad_result, stuck, stuck_async, add]
+    return [weather, bad_result, stuck, stuck_async, sleepy, add]
 
 
 @pytest.fixture(scope="module")
@@ -174,10 +184,8 @@ def test_an_undeclared_tool_is_refused(tooled: Any) -> None:
     result, events = run(tooled, code)
     reply = stream_text(result)
     assert '"ok": false' in reply
-    assert (
-        "no tool named 'shell' is declared (declared: add, bad_result, stuck, stuck_async, weather)"
-        in reply
-    )
+    declared = "add, bad_result, sleepy, stuck, stuck_async, weather"
+    assert f"no tool named 'shell' is declared (declared: {declared})" in reply
     assert events[0].name == "shell" and "no tool named" in (events[0].error or "")
     missing, _ = run(tooled, "secret_helper()")
     assert missing.error is not None and missing.error["ename"] == "NameError"
@@ -220,6 +228,17 @@ def test_a_call_past_its_timeout_fails_and_the_kernel_goes_on(tooled: Any) -> No
     assert cancelled == ["stuck_async"]
     after, _ = run(tooled, "print(add(2, b=3), add(a=1))")
     assert stream_text(after) == "5 2\n"
+
+
+def test_a_cell_timeout_cancels_the_call_and_keeps_the_kernel(tooled: Any) -> None:
+    result, events = run(tooled, "kept = 1\nsleepy(20)", timeout=1)
+    assert result.status == "timeout" and "interrupted, state kept" in result.note
+    assert [(e.name, e.error) for e in events] == [
+        ("sleepy", "cancelled: the cell was interrupted")
+    ]
+    assert "sleepy" in cancelled
+    after, events = run(tooled, "print(kept, add(1, 1))")
+    assert stream_text(after) == "1 2\n" and events[0].result == 2
 
 
 def test_plain_input_still_fails_at_once(tooled: Any) -> None:
