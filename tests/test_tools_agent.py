@@ -23,8 +23,7 @@ from nbagent.events import (
     RunStarted,
     ToolCalled,
 )
-from nbagent.render import step_foot_html, step_top_html
-from nbagent.view import RunLog
+from nbagent.widget import AgentPanel
 from tests.llm_fixtures import Reply, ScriptedServer, scripted_model
 
 HOST_KEY = "fx-" + "b7e2c9d4a1f08e3c"
@@ -59,6 +58,18 @@ def make_convert(calls: list[tuple[float, str]]) -> Any:
         return round(amount * {"USD": 0.9, "GBP": 1.2}[currency], 2)
 
     return convert
+
+
+def panel_after(events: list[Any]) -> Any:
+    """The live panel's widgets for the last run, after these events."""
+    panel = AgentPanel(interval=0.05)
+    try:
+        for event in events:
+            panel.handle(event)
+        panel.flush()
+        return panel._runs[-1]
+    finally:
+        panel.close()
 
 
 def texts(request: Any) -> list[tuple[str, str]]:
@@ -103,13 +114,9 @@ def test_kernel_code_calls_a_host_tool(scripted_openai: ScriptedServer, tmp_path
     started = next(e for e in result.events if isinstance(e, RunStarted))
     assert [s["name"] for s in started.tools] == ["convert"]
     # The panel shows the calls under their steps.
-    log = RunLog()
-    for event in events:
-        log.apply(event)
-    run = log.current
-    assert run is not None
-    assert "convert(amount=100, currency=&#x27;USD&#x27;)" in step_foot_html(run.steps[1])
-    assert "unknown currency XXX" in step_foot_html(run.steps[2])
+    panel = panel_after(events)
+    assert "convert(amount=100, currency=&#x27;USD&#x27;)" in panel.steps[1].foot.value
+    assert "unknown currency XXX" in panel.steps[2].foot.value
     assert all(HOST_KEY not in repr(e) for e in result.events)
     for request in scripted_openai.chat_requests:
         assert HOST_KEY.encode() not in request.body
@@ -317,10 +324,9 @@ def test_planning_every_two_steps(scripted_openai: ScriptedServer, tmp_path: Pat
     assert "<output>\n2\n</output>" in requests[3][-2][1]
     for before, after in itertools.pairwise(requests):
         assert after[: len(before)] == before  # append-only: prompt caches keep hitting
-    log = RunLog()
-    for event in events:
-        log.apply(event)
-    assert log.current is not None and "Plan" in step_top_html(log.current.steps[3])
+    panel = panel_after(events)
+    assert "<b>Plan</b>\na is 2 now. Next: answer." in panel.steps[3].top.value
+    assert "Plan" not in panel.steps[2].top.value
     cells = transcript.nb.cells
     roles = [c.metadata["nbagent"]["role"] for c in cells]
     assert roles.count("plan") == 2 and roles.index("plan") < roles.index("step")
