@@ -21,7 +21,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nbagent import _sync
 from nbagent.actions import ACTIONS, Action
@@ -35,6 +35,9 @@ from nbagent.prompts import follow_up, system_prompt, task_message
 from nbagent.steps import Approver, Decision, Finish, StepRunner
 from nbagent.toolhost import ToolHost
 from nbagent.tools import Tool, check_tools, describe_tools
+
+if TYPE_CHECKING:  # nbformat costs up to seconds to import (jsonschema): load it when used
+    from nbagent.transcript import Transcript
 
 __all__ = ["Agent", "Decision", "RunResult"]
 
@@ -258,6 +261,45 @@ class Agent:
         assert self._kernel is not None
         return await self._kernel.apull(names)
 
+    async def aresume(self, source: str | os.PathLike[str] | Transcript) -> Transcript:
+        """Continue a saved run: restore its conversation, rebuild kernel state by re-running
+        its code, and append the next runs to the same transcript (returned)."""
+        from nbagent.resume import restore_conversation
+        from nbagent.transcript import Transcript
+
+        self._bind_loop()
+        if self.turns or len(self.messages) > 1:
+            raise ConfigError("resume into a fresh Agent: this one already has a conversation")
+        transcript = source if isinstance(source, Transcript) else Transcript.load(source)
+        restored = restore_conversation(transcript.nb, self.messages[0].text)
+        self.messages = restored.messages
+        self.steps, self.turns, self.usage = restored.steps, restored.turns, restored.usage
+        self._pending = restored.pending
+        self._notify(
+            KernelStatus(status="restoring", detail=f"re-running {len(restored.code)} cells")
+        )
+        await self._ensure_kernel()
+        assert self._kernel is not None
+        for code in restored.code:
+            result = await self._kernel.aexecute(code, timeout=self.step_timeout)
+            if result.status in ("timeout", "died"):
+                self._notify(
+                    Notice(level="warning", message=f"while restoring state: {result.note}")
+                )
+        self._notify(KernelStatus(status="ready", detail="state restored"))
+        self.add_listener(transcript)
+        return transcript
+
+    def resume(self, source: str | os.PathLike[str] | Transcript) -> Transcript:
+        """Blocking :meth:`aresume`."""
+        return _sync.run_sync(self.aresume(source))
+
+    def _notify(self, event: Event) -> None:
+        """Deliver an event outside a run (listeners only)."""
+        for listener in list(self._listeners):
+            with contextlib.suppress(Exception):
+                listener(event)
+
     def set_context(self, text: str) -> None:
         """Text added to the next task message (e.g. which variables were pushed in)."""
         self._context = text
@@ -368,10 +410,17 @@ class Agent:
         self.turns += 1
         first_step, usage_before = self.steps, self.usage
         run_id = uuid.uuid4().hex[:12]
+        prompt = self._add_task_message(task)
+        self._context = ""
         specs = tuple(self.tool_host.specs()) if self.tool_host else ()
         emit(
             RunStarted(
-                run_id=run_id, task=task, model=self._model_label(), turn=self.turns, tools=specs
+                run_id=run_id,
+                task=task,
+                model=self._model_label(),
+                turn=self.turns,
+                prompt=prompt,
+                tools=specs,
             )
         )
         if self._kernel_start is None or not self._kernel_start.done():
@@ -382,8 +431,6 @@ class Agent:
             kernel_start=self._ensure_kernel(),
             deadline=t0 + self.time_limit if self.time_limit else None,
         )
-        self._add_task_message(task)
-        self._context = ""
         error: BaseException | None = None
         try:
             await runner.run()
@@ -416,18 +463,19 @@ class Agent:
         if error is not None:
             raise error
 
-    def _add_task_message(self, task: str) -> None:
+    def _add_task_message(self, task: str) -> str:
+        """Append the user message that starts a run; return its text."""
         if self.turns == 1 and len(self.messages) == 1:
-            self.messages.append(Message("user", task_message(task, self._context)))
-            return
-        text = follow_up(task, self._pending, self._context)
-        self._pending = ""
-        if self.messages[-1].role == "user":
-            # The last run ended on an observation the model never answered: fold it in, so
-            # roles keep alternating (Anthropic requires it).
-            last = self.messages.pop()
-            text = f"{last.text}\n\n{text}"
+            text = task_message(task, self._context)
+        else:
+            text = follow_up(task, self._pending, self._context)
+            self._pending = ""
+            if self.messages[-1].role == "user":
+                # The last run ended on an observation the model never answered: fold it in, so
+                # roles keep alternating (Anthropic requires it).
+                text = f"{self.messages.pop().text}\n\n{text}"
         self.messages.append(Message("user", text))
+        return text
 
     async def _interrupt_quietly(self) -> None:
         kernel = self._kernel

@@ -11,10 +11,11 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from nbagent import __version__
-from nbagent.errors import AuthenticationError, ConfigError, NbAgentError
+from nbagent.errors import AuthenticationError, ConfigError, NbAgentError, TranscriptError
 
 if TYPE_CHECKING:
     from nbagent.agent import Agent
@@ -70,6 +71,11 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--token-budget", type=_positive_int, help="stop after this many tokens")
     p.add_argument("-o", "--output", metavar="PATH", help="save the run as a notebook")
     p.add_argument(
+        "--resume",
+        metavar="PATH",
+        help="continue the run saved in this transcript (state rebuilt by re-running its code)",
+    )
+    p.add_argument(
         "--env",
         action="append",
         default=[],
@@ -116,6 +122,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("task", help='what to do ("-" reads it from stdin)')
     _add_model_options(run)
     _add_run_options(run)
+    rep = sub.add_parser(
+        "replay", help="re-execute a transcript in a fresh kernel and compare its outputs"
+    )
+    rep.add_argument("notebook", help="a transcript written by nbagent (or any notebook)")
+    rep.add_argument(
+        "--timeout", type=_seconds, default=300.0, help="seconds per cell (default 300)"
+    )
+    rep.add_argument(
+        "--strict-images", action="store_true", help="compare image bytes, not just presence"
+    )
     demo = sub.add_parser(
         "demo", help="analyse a bundled data set end to end (offline: recorded model replies)"
     )
@@ -141,10 +157,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_run(args)
         if args.command == "demo":
             return _cmd_demo(args)
+        if args.command == "replay":
+            return _cmd_replay(args)
     except KeyboardInterrupt:
         print("nbagent: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (ConfigError, AuthenticationError) as exc:
+    except (ConfigError, AuthenticationError, TranscriptError) as exc:
         print(f"nbagent: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except NbAgentError as exc:
@@ -170,7 +188,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     task = _read_task(args.task)
     tools = [t for spec in args.tools for t in load_tools(spec)]
-    transcript = Transcript(args.output) if args.output else None
+    transcript = Transcript(args.output) if args.output and not args.resume else None
     agent = Agent(
         args.model,
         base_url=args.base_url,
@@ -187,14 +205,26 @@ def _cmd_run(args: argparse.Namespace) -> int:
         action=args.action,
         planning_interval=args.plan_every,
     )
-    return _run_agent(agent, task, transcript)
+    return _run_agent(agent, task, transcript, resume=args.resume, output=args.output)
 
 
-def _run_agent(agent: Agent, task: str, transcript: Transcript | None) -> int:
-    if transcript is not None:
-        agent.add_listener(transcript)
+def _run_agent(
+    agent: Agent,
+    task: str,
+    transcript: Transcript | None,
+    *,
+    resume: str | None = None,
+    output: str | None = None,
+) -> int:
+    """Run ``task`` (after resuming a transcript, if asked); save; print the answer."""
     try:
         with agent:
+            if resume:
+                transcript = agent.resume(resume)
+                if output:
+                    transcript.path = Path(output)
+            elif transcript is not None:
+                agent.add_listener(transcript)
             result = agent.run(task)
     finally:
         if transcript is not None and transcript.nb.cells:
@@ -205,9 +235,18 @@ def _run_agent(agent: Agent, task: str, transcript: Transcript | None) -> int:
     return EXIT_OK if result.ok else EXIT_FAILED
 
 
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from nbagent.replay import replay
+    from nbagent.transcript import read_transcript
+
+    read_transcript(args.notebook, require_nbagent=False)  # clear errors before a kernel starts
+    report = replay(args.notebook, timeout=args.timeout, strict_images=args.strict_images)
+    print(report.format())
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     import os
-    from pathlib import Path
 
     from nbagent.agent import Agent
     from nbagent.demo import DEMO_TASK, RecordedModel, demo_replies, prepare_demo_data

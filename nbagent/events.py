@@ -92,6 +92,8 @@ class RunStarted(Event):
     model: str
     #: 1 for the first run of an Agent, 2 for its first follow-up, ...
     turn: int = 1
+    #: The exact user message that starts this run (the task, with any context).
+    prompt: str = ""
     #: The host tools kernel code may call, as kernel-side specs (``Tool.kernel_spec()``:
     #: name, doc, params, returns), so a transcript can define replay stubs for them.
     tools: tuple[dict[str, Any], ...] = ()

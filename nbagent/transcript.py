@@ -53,7 +53,7 @@ from nbagent.observe import SUMMARY_MIME
 from nbagent.prelude import SETUP_CELL
 from nbagent.toolstubs import replay_setup
 
-__all__ = ["Transcript", "atomic_write_notebook"]
+__all__ = ["Transcript", "atomic_write_notebook", "read_transcript"]
 
 #: MIME types only the agent's own kernel produces; dropped so re-runs compare equal.
 PRIVATE_MIME = frozenset({SUMMARY_MIME})
@@ -93,6 +93,37 @@ class Transcript:
         self._replay: dict[str, list[dict[str, Any]]] = {}
         #: The last autosave error, if any (the run goes on; the caller decides what to do).
         self.save_error: TranscriptError | None = None
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], *, autosave: bool = True) -> Transcript:
+        """Continue an existing transcript: new runs are appended to it (and saved there)."""
+        nb = read_transcript(path)
+        transcript = cls(path, autosave=autosave)
+        transcript.nb = nb
+        transcript._restore_tools()
+        return transcript
+
+    def _restore_tools(self) -> None:
+        """Pick up the setup cell, the tools and the replay queues of a loaded notebook."""
+        meta = self.nb.metadata.get("nbagent") or {}
+        for spec in meta.get("tools") or []:
+            if isinstance(spec, dict) and isinstance(spec.get("name"), str):
+                self._tool_specs.setdefault(spec["name"], dict(spec))
+        for cell in self.nb.cells:
+            info = cell.metadata.get("nbagent") or {}
+            if info.get("role") == "setup" and self._setup is None:
+                self._setup = cell
+            elif info.get("role") == "step" and not set(SKIP_TAGS) & set(
+                cell.metadata.get("tags", [])
+            ):
+                for call in info.get("tool_calls") or []:
+                    if isinstance(call, dict) and call.get("name") in self._tool_specs:
+                        outcome = {k: call[k] for k in ("result", "error") if k in call}
+                        self._replay.setdefault(call["name"], []).append(outcome)
+
+    def tool_replay_source(self) -> str:
+        """Source defining stubs that replay the recorded tool results ("" without tools)."""
+        return replay_setup(list(self._tool_specs.values()), self._replay)
 
     # -- the listener ----------------------------------------------------------------------
 
@@ -141,11 +172,13 @@ class Transcript:
         self.nb.cells.append(
             nbformat.v4.new_markdown_cell(
                 f"## {heading}\n\n{_quote(event.task)}\n\n*nbagent {__version__} · {event.model}*",
-                metadata={"nbagent": {"role": "task", "turn": event.turn}},
+                metadata={"nbagent": {"role": "task", "turn": event.turn, "prompt": event.prompt}},
             )
         )
         for spec in event.tools:
             self._tool_specs.setdefault(spec["name"], dict(spec))
+        if self._tool_specs:
+            meta["tools"] = list(self._tool_specs.values())
         if self._setup is None:
             self._setup = nbformat.v4.new_code_cell("", metadata={"nbagent": {"role": "setup"}})
             self.nb.cells.append(self._setup)
@@ -247,21 +280,18 @@ class Transcript:
             {"status": event.status, "answer": event.answer, "steps": event.steps}
         )
         # A reply without code that ended the run is the answer: keep its text as reasoning.
+        answer_meta: dict[str, Any] = {"role": "answer", "status": event.status}
         leftover = [s for s in self._replies if s not in self._code_cells]
         for step in leftover:
             if event.status == "answered" and event.answer is not None:
-                self._replies.pop(step)
+                answer_meta.update(step=step, reply=self._replies.pop(step))
             else:
                 self._reply_only(step, "")
         if event.status == "answered":
             body = f"## Answer\n\n{event.answer}"
         else:
             body = f"## Run ended: {event.status}\n\n{_quote(event.reason)}"
-        self.nb.cells.append(
-            nbformat.v4.new_markdown_cell(
-                body, metadata={"nbagent": {"role": "answer", "status": event.status}}
-            )
-        )
+        self.nb.cells.append(nbformat.v4.new_markdown_cell(body, metadata={"nbagent": answer_meta}))
 
     # -- saving --------------------------------------------------------------------------------
 
@@ -320,6 +350,30 @@ def atomic_write_notebook(nb: nbformat.NotebookNode, path: str | os.PathLike[str
         if tmp is not None:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
+
+
+def read_transcript(
+    path: str | os.PathLike[str], *, require_nbagent: bool = True
+) -> nbformat.NotebookNode:
+    """Read and validate a notebook; with ``require_nbagent``, it must be an nbagent transcript."""
+    target = Path(path)
+    try:
+        nb = nbformat.read(target, as_version=4)
+    except FileNotFoundError:
+        raise TranscriptError(f"no such notebook: {target}") from None
+    except IsADirectoryError:
+        raise TranscriptError(f"{target} is a directory, not a notebook") from None
+    except OSError as exc:
+        raise TranscriptError(f"cannot read {target}: {exc.strerror or exc}") from None
+    except Exception as exc:  # nbformat raises several types for malformed JSON
+        raise TranscriptError(f"{target} is not a readable notebook: {exc}") from None
+    try:
+        nbformat.validate(nb)
+    except nbformat.ValidationError as exc:
+        raise TranscriptError(f"{target} is not a valid notebook: {exc.message}") from None
+    if require_nbagent and "nbagent" not in nb.metadata:
+        raise TranscriptError(f"{target} is a notebook, but not an nbagent transcript")
+    return nb
 
 
 def _clean_output(output: dict[str, Any]) -> dict[str, Any]:
