@@ -280,12 +280,17 @@ class Agent:
         )
         await self._ensure_kernel()
         assert self._kernel is not None
-        for code in restored.code:
+        # Host tools are not called again: their recorded results are replayed, as in a plain
+        # re-execution of the transcript; the live stubs come back afterwards.
+        replay = transcript.tool_replay_source()
+        for code in [replay, *restored.code] if replay else restored.code:
             result = await self._kernel.aexecute(code, timeout=self.step_timeout)
             if result.status in ("timeout", "died"):
                 self._notify(
                     Notice(level="warning", message=f"while restoring state: {result.note}")
                 )
+        if replay and self.tool_host is not None:
+            await self._kernel.aexecute(self.tool_host.prelude(), timeout=self.step_timeout)
         self._notify(KernelStatus(status="ready", detail="state restored"))
         self.add_listener(transcript)
         return transcript

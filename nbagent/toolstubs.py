@@ -129,6 +129,10 @@ def _nbagent_tools_install(specs):
         builtins.input = refuse
         getpass.getpass = refuse
 
+    old = getattr(ip, "_nbagent_input_hook", None)  # installed again after a resume
+    if old is not None:
+        ip.events.unregister("pre_run_cell", old)
+    ip._nbagent_input_hook = pre
     ip.events.register("pre_run_cell", pre)
     ip.user_ns.update(_nbagent_tool_stubs(specs, call))
 

@@ -415,3 +415,38 @@ def test_observation_and_cells_of_a_tools_run_stay_consistent(
     assert "cut off by the output token limit" in msgs[-1]["content"]
     obs = [e.text for e in result.events if isinstance(e, Observation)]
     assert "cut off" in obs[0]
+
+
+def test_resume_replays_recorded_tool_results_then_calls_tools_live(
+    scripted_openai: ScriptedServer, tmp_path: Path
+) -> None:
+    from nbagent.replay import replay
+
+    calls: list[tuple[float, str]] = []
+    convert = make_convert(calls)
+    path = tmp_path / "run.ipynb"
+    scripted_openai.add(
+        Reply(tool_calls=[run_python("eur = convert(100, 'USD')", "call_1")]),
+        Reply(tool_calls=[run_python("final_answer(eur)", "call_2")]),
+    )
+    with Agent(
+        scripted_model(scripted_openai), workdir=tmp_path, tools=[convert], action="tools"
+    ) as agent:
+        agent.add_listener(Transcript(path))
+        assert agent.run("Convert 100 USD.").answer == "90.0"
+    assert calls == [(100, "USD")]
+
+    scripted_openai.add(py("final_answer(eur + convert(10, 'GBP'))"))
+    with Agent(scripted_model(scripted_openai), workdir=tmp_path, tools=[convert]) as agent:
+        agent.resume(path)
+        result = agent.run("Add 10 GBP.")
+    assert result.answer == "102.0"
+    assert calls == [(100, "USD"), (10, "GBP")]  # the recorded call was replayed, not repeated
+    # The restored conversation shows the code that travelled as run_python calls.
+    assistant = [m["content"] for m in scripted_openai.chat_requests[-1].messages[:-1]]
+    assert "```python\neur = convert(100, 'USD')\n```" in assistant[2]
+    nb = nbformat.read(path, as_version=4)
+    roles = [c.metadata["nbagent"]["role"] for c in nb.cells]
+    assert roles.count("setup") == 1 and roles.count("task") == 2
+    assert '{"convert": [{"result": 90.0}, {"result": 12.0}]}' in nb.cells[1].source
+    assert replay(path).ok
