@@ -20,8 +20,10 @@ _EXPORTS: dict[str, str] = {
     "KernelSession": "nbagent.kernel.session",
     "ResourceLimits": "nbagent.kernel.limits",
     "RunResult": "nbagent.agent",
+    "Tool": "nbagent.tools",
     "Transcript": "nbagent.transcript",
     "make_model": "nbagent.llm",
+    "tool": "nbagent.tools",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]
@@ -34,6 +36,8 @@ if TYPE_CHECKING:
     from nbagent.kernel.session import KernelSession as KernelSession
     from nbagent.llm import make_model as make_model
     from nbagent.steps import Decision as Decision
+    from nbagent.tools import Tool as Tool
+    from nbagent.tools import tool as tool
     from nbagent.transcript import Transcript as Transcript
     from nbagent.widget import AgentPanel as AgentPanel
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from nbagent import _sync
+from nbagent.actions import ACTIONS, Action
 from nbagent.errors import ConfigError, NbAgentError
 from nbagent.events import Event, KernelStatus, Notice, RunFinished, RunStarted, RunStatus, Usage
 from nbagent.kernel.limits import ResourceLimits
@@ -33,6 +34,8 @@ from nbagent.llm.base import ChatModel, Message
 from nbagent.prelude import PRELUDE
 from nbagent.prompts import follow_up, system_prompt, task_message
 from nbagent.steps import Approver, Decision, Finish, StepRunner
+from nbagent.toolhost import ToolHost
+from nbagent.tools import Tool, check_tools, describe_tools
 
 if TYPE_CHECKING:  # nbformat costs up to seconds to import (jsonschema): load it when used
     from nbagent.transcript import Transcript
@@ -82,6 +85,13 @@ class Agent:
         approve: awaited before each cell runs; returns a :class:`Decision`.
         resource_limits: memory, CPU, process, open-file and file-size bounds for the kernel
             (:class:`~nbagent.kernel.limits.ResourceLimits`; local kernels only; default off).
+        tools: host functions made with :func:`nbagent.tool` that kernel code may call; they
+            run in this process (see docs/architecture.md, "Tools").
+        tool_timeout: seconds one tool call may take unless the tool sets its own.
+        action: how the model sends code: "code" (fenced blocks in its text) or "tools" (a
+            native ``run_python(code)`` function call, for function-calling models).
+        planning_interval: ask the model for a short plan before step 1 and an update every
+            this many steps (None: no planning).
     """
 
     def __init__(
@@ -105,6 +115,10 @@ class Agent:
         approve: Approver | None = None,
         kernel_options: Mapping[str, Any] | None = None,
         resource_limits: ResourceLimits | None = None,
+        tools: Sequence[Tool] = (),
+        tool_timeout: float = 60.0,
+        action: Action = "code",
+        planning_interval: int | None = None,
     ) -> None:
         if max_steps < 1:
             raise ConfigError(f"max_steps must be at least 1, got {max_steps}")
@@ -114,6 +128,17 @@ class Agent:
             raise ConfigError(f"time_limit must be positive, got {time_limit}")
         if token_budget is not None and token_budget <= 0:
             raise ConfigError(f"token_budget must be positive, got {token_budget}")
+        if action not in ACTIONS:
+            raise ConfigError(f"action must be one of {', '.join(ACTIONS)}, got {action!r}")
+        if planning_interval is not None and planning_interval < 1:
+            raise ConfigError(f"planning_interval must be at least 1, got {planning_interval}")
+        if not tool_timeout > 0:
+            raise ConfigError(f"tool_timeout must be positive, got {tool_timeout}")
+        self.tools = check_tools(tools)
+        self.tool_host = ToolHost(self.tools, timeout=tool_timeout) if self.tools else None
+        self.tool_names = frozenset(t.name for t in self.tools)
+        self.action: Action = action
+        self.planning_interval = planning_interval
         if isinstance(model, str) or model is None:
             self.model: ChatModel = make_model(
                 model, base_url=base_url, api_key=api_key, vision=vision, max_tokens=max_tokens
@@ -137,7 +162,10 @@ class Agent:
             options = self.kernel_options
             resource_limits.check_backend(options.get("backend") or options.get("gateway"))
             self.kernel_options["resource_limits"] = resource_limits
-        self.messages: list[Message] = [Message("system", system or system_prompt(instructions))]
+        extra = "\n".join(x for x in (describe_tools(self.tools), instructions.strip()) if x)
+        self.messages: list[Message] = [
+            Message("system", system or system_prompt(extra, action=action))
+        ]
         self.usage = Usage()
         self.steps = 0
         self.turns = 0
@@ -178,7 +206,8 @@ class Agent:
             start = None  # the last start failed: try again
         if start is None:
             options = {"cwd": self.workdir, "env_passthrough": self.env, **self.kernel_options}
-            self._kernel = KernelSession(startup_code=PRELUDE, **options)
+            prelude = PRELUDE + (self.tool_host.prelude() if self.tool_host else "")
+            self._kernel = KernelSession(startup_code=prelude, **options)
             start = asyncio.ensure_future(self._kernel.astart())
             # Retrieve a failure even if no step ever awaits it (a run answered without code).
             start.add_done_callback(lambda t: t.cancelled() or t.exception())
@@ -262,12 +291,17 @@ class Agent:
         )
         await self._ensure_kernel()
         assert self._kernel is not None
-        for code in restored.code:
+        # Host tools are not called again: their recorded results are replayed, as in a plain
+        # re-execution of the transcript; the live stubs come back afterwards.
+        replay = transcript.tool_replay_source()
+        for code in [replay, *restored.code] if replay else restored.code:
             result = await self._kernel.aexecute(code, timeout=self.step_timeout)
             if result.status in ("timeout", "died"):
                 self._notify(
                     Notice(level="warning", message=f"while restoring state: {result.note}")
                 )
+        if replay and self.tool_host is not None:
+            await self._kernel.aexecute(self.tool_host.prelude(), timeout=self.step_timeout)
         self._notify(KernelStatus(status="ready", detail="state restored"))
         self.add_listener(transcript)
         return transcript
@@ -394,6 +428,7 @@ class Agent:
         run_id = uuid.uuid4().hex[:12]
         prompt = self._add_task_message(task)
         self._context = ""
+        specs = tuple(self.tool_host.specs()) if self.tool_host else ()
         emit(
             RunStarted(
                 run_id=run_id,
@@ -402,6 +437,7 @@ class Agent:
                 turn=self.turns,
                 prompt=prompt,
                 workdir=self.workdir,
+                tools=specs,
             )
         )
         if self._kernel_start is None or not self._kernel_start.done():

@@ -145,6 +145,34 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     limits.add_argument(
         "--max-file-size", type=_size, metavar="SIZE", help="largest file it may write, e.g. 100M"
     )
+    _add_tool_options(p)
+
+
+def _add_tool_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--tools",
+        action="append",
+        default=[],
+        metavar="MODULE:ATTR",
+        help="host tools kernel code may call: a @tool or a list of them (module or file.py); "
+        "repeatable",
+    )
+    p.add_argument(
+        "--tool-timeout", type=_seconds, default=60.0, help="seconds per tool call (default 60)"
+    )
+    p.add_argument(
+        "--action",
+        choices=("code", "tools"),
+        default="code",
+        help="how the model sends code: fenced blocks (code, default) or a run_python "
+        "function call (tools)",
+    )
+    p.add_argument(
+        "--plan-every",
+        type=_positive_int,
+        metavar="N",
+        help="ask for a short plan before step 1 and an update every N steps",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -221,11 +249,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from nbagent.kernel.limits import ResourceLimits
     from nbagent.progress import Progress
     from nbagent.rundir import prepare_run_dir
+    from nbagent.tools import load_tools
     from nbagent.transcript import Transcript
 
     if args.approve and args.task == "-":
         raise ConfigError("--approve reads answers from stdin: give the task as an argument")
     task = _read_task(args.task)
+    tools = [t for spec in args.tools for t in load_tools(spec)]
     limits = ResourceLimits(
         memory=args.max_memory,
         cpu_seconds=args.max_cpu_seconds,
@@ -254,6 +284,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
             on_event=None if args.quiet else Progress(sys.stderr),
             approve=approver,
             resource_limits=limits,
+            tools=tools,
+            tool_timeout=args.tool_timeout,
+            action=args.action,
+            planning_interval=args.plan_every,
         )
     except NbAgentError:
         if fresh:

@@ -7,8 +7,8 @@ to show or store a run. Every event is a small frozen dataclass built with keywo
 A run reads, in order::
 
     RunStarted
-    ( StepStarted  (TextDelta | ModelRetry)*  ModelReplied
-      [ CodeProposed  (CodeSkipped | CellOutput* CellFinished ToolCalled*)  Observation ] )*
+    ( StepStarted  [PlanMade]  (TextDelta | ModelRetry)*  ModelReplied
+      [ CodeProposed  (CodeSkipped | (CellOutput | ToolCalled)* CellFinished)  Observation ] )*
     RunFinished
 
 ``KernelStatus`` and ``Notice`` may appear anywhere. Cell outputs are nbformat v4 output dicts
@@ -96,6 +96,9 @@ class RunStarted(Event):
     prompt: str = ""
     #: The kernel's working directory.
     workdir: str = ""
+    #: The host tools kernel code may call, as kernel-side specs (``Tool.kernel_spec()``:
+    #: name, doc, params, returns), so a transcript can define replay stubs for them.
+    tools: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -195,7 +198,11 @@ class CellFinished(Event):
 
 @dataclass(frozen=True, kw_only=True)
 class ToolCalled(Event):
-    """Kernel code called a host tool."""
+    """Kernel code called a host tool (emitted when the call ends, while the cell runs).
+
+    ``result`` is the JSON value the kernel received; ``error`` is set instead when the call
+    failed or was refused.
+    """
 
     step: int
     name: str
@@ -207,6 +214,9 @@ class ToolCalled(Event):
 
 @dataclass(frozen=True, kw_only=True)
 class PlanMade(Event):
+    """The model's plan (or plan update), asked for before this step's reply when planning
+    is on."""
+
     step: int
     text: str
 

@@ -56,8 +56,12 @@ def restore_conversation(nb: nbformat.NotebookNode, system: str) -> Restored:
         elif role in ("step", "reply", "answer"):
             if isinstance(info.get("step"), int):
                 restored.steps = max(restored.steps, info["step"])
-            if info.get("reply"):
-                messages.append(Message("assistant", str(info["reply"])))
+            reply = str(info.get("reply") or "")
+            if role == "step" and cell.source.strip() and cell.source.strip() not in reply:
+                # The tool-call format: the code travelled as a run_python call, not in the text.
+                reply = f"{reply}\n```python\n{cell.source.strip()}\n```".lstrip("\n")
+            if reply:
+                messages.append(Message("assistant", reply))
             if role == "step" and not _skipped(cell):
                 restored.code.append(cell.source)
             if info.get("observation"):
