@@ -47,3 +47,17 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(__all__)
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext nbagent``: register the ``%agent`` / ``%%agent`` magics."""
+    from nbagent.magic import load_ipython_extension as load
+
+    load(ipython)
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    """``%unload_ext nbagent``: shut the magic's agent session down."""
+    from nbagent.magic import unload_ipython_extension as unload
+
+    unload(ipython)

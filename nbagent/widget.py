@@ -125,6 +125,8 @@ class AgentPanel:
         on_save: called when the user clicks Save transcript; may return the path it saved to.
             The button is hidden when ``None``.
         interval: minimum seconds between two widget updates (default 0.1: ~10 a second).
+        on_widget: called with every widget the user can act on (buttons, the code editor)
+            when it is created, e.g. to have its clicks handled off the main thread.
     """
 
     def __init__(
@@ -133,8 +135,10 @@ class AgentPanel:
         on_stop: Callable[[], object] | None = None,
         on_save: Callable[[], object] | None = None,
         interval: float = 0.1,
+        on_widget: Callable[[w.Widget], object] | None = None,
     ) -> None:
         self.on_stop = on_stop
+        self.on_widget = on_widget
         self.on_save = on_save
         self.interval = interval
         self._lock = threading.RLock()
@@ -157,6 +161,7 @@ class AgentPanel:
         self._save_button = _button("Save transcript", "nba-quiet", "Save the transcript now")
         self._stop_button.on_click(self._click_stop)
         self._save_button.on_click(self._click_save)
+        self._adopt(self._stop_button, self._save_button)
         bar = w.HBox([self._header, self._stop_button, self._save_button])
         bar.add_class("nba-header-row")
         self._runs_box = w.VBox([], layout=w.Layout(width="100%"))
@@ -384,6 +389,11 @@ class AgentPanel:
 
     # -- approval --------------------------------------------------------------------------
 
+    def _adopt(self, *widgets: w.Widget) -> None:
+        if self.on_widget is not None:
+            for widget in widgets:
+                self.on_widget(widget)
+
     def _draw_approval(self, run_index: int, view: StepView, sw: _StepWidgets) -> None:
         state = view.approval
         sw.approval_state = state
@@ -398,6 +408,7 @@ class AgentPanel:
                 edit.on_click(lambda _b: self._set_approval(key, "editing"))
                 run.on_click(lambda _b: self._decide(key, "run"))
                 hint = _html('<span class="nba-dim">Waiting for your approval</span>')
+                self._adopt(run, edit, skip)
                 children = [w.HBox([run, edit, skip, hint])]
             else:
                 lines = (view.code or "").count("\n") + 1
@@ -408,6 +419,7 @@ class AgentPanel:
                 )
                 run.description = "▶ Run edited"
                 run.on_click(lambda _b: self._decide(key, "edited"))
+                self._adopt(run, skip, sw.textarea)
                 children = [sw.textarea, w.HBox([run, skip])]
         elif state in _APPROVAL_NOTES:
             children = [_html(f'<span class="nba-dim">{_APPROVAL_NOTES[state]}</span>')]
