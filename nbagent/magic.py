@@ -459,13 +459,13 @@ class NbAgentMagics(Magics):
         line_magic: bool,
     ) -> str | None:
         self.shell.user_ns.update(pulled)
+        self.last_result = result
         if not run.finished.is_set():
             run.finish(problems)
         if error is not None:
             raise UsageError(f"the agent failed: {error}")
         if problems:
             raise UsageError("; ".join(problems))
-        self.last_result = result
         return result.answer if line_magic and result is not None else None
 
     def _finish_background(

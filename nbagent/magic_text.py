@@ -35,7 +35,7 @@ VALUED = frozenset(
     }
 )
 _NAMES = frozenset({"-i", "--input", "-o", "--output"})
-_TOKEN = re.compile(r"\s*(\"[^\"]*\"|'[^']*'|\S+)")
+_TOKEN = re.compile(r"""\s*(-[\w-]+=(?:"[^"]*"|'[^']*')|"[^"]*"|'[^']*'|\S+)""")
 _IDENT = re.compile(r"[A-Za-z_]\w*(,[A-Za-z_]\w*)*,?$")
 
 
