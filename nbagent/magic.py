@@ -29,6 +29,7 @@ import concurrent.futures
 import contextlib
 import datetime as _dt
 import queue
+import re
 import sys
 import threading
 import time
@@ -502,9 +503,36 @@ class NbAgentMagics(Magics):
             self.session = None
 
 
+_AGENT_LINE = re.compile(
+    r"^(?P<indent>\s*)(?P<target>[A-Za-z_][\w.]*\s*=\s*)?%agent(?=\s|$)(?P<rest>.*?)\s*$"
+)
+
+
+def protect_questions(lines: list[str]) -> list[str]:
+    """Keep a task that ends in "?" a task: IPython would read ``%agent what is x?`` as a
+    request for help on ``x``. Rewrites such lines to the call IPython makes for a line magic.
+    """
+    if lines and lines[0].lstrip().startswith("%%"):
+        return lines  # a cell magic: its body is passed on as it is
+    out = []
+    for line in lines:
+        match = _AGENT_LINE.match(line)
+        rest = match["rest"].strip() if match else ""
+        if match is None or not rest.endswith("?") or rest in ("?", "??"):
+            out.append(line)
+            continue
+        newline = "\n" if line.endswith("\n") else ""
+        target = match["target"] or ""
+        out.append(f"{match['indent']}{target}get_ipython().run_line_magic('agent', {rest!r})")
+        out[-1] += newline
+    return out
+
+
 def load_ipython_extension(ipython: Any) -> None:
     """Register ``%agent`` / ``%%agent`` (``%load_ext nbagent``)."""
     ipython.register_magics(NbAgentMagics(shell=ipython))
+    if protect_questions not in ipython.input_transformers_cleanup:
+        ipython.input_transformers_cleanup.append(protect_questions)
 
 
 def unload_ipython_extension(ipython: Any) -> None:
@@ -512,3 +540,5 @@ def unload_ipython_extension(ipython: Any) -> None:
     magics = ipython.magics_manager.registry.get("NbAgentMagics")
     if magics is not None:
         magics.close()
+    with contextlib.suppress(ValueError):
+        ipython.input_transformers_cleanup.remove(protect_questions)

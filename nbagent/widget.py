@@ -61,7 +61,7 @@ IDLE_TICK_LIMIT = 1800.0
 _APPROVAL_NOTES = {
     "run": "✓ approved",
     "edited": "✎ edited, then approved",
-    "skip": "⏭ skipped by you",
+    "skip": "↷ skipped by you",
     "cancelled": "approval cancelled",
 }
 
@@ -101,7 +101,8 @@ def _html(value: str = "", cls: str = "") -> w.HTML:
 
 
 def _button(label: str, cls: str, tooltip: str) -> w.Button:
-    button = w.Button(description=label, tooltip=tooltip, layout=w.Layout(width="auto"))
+    layout = w.Layout(width="auto", flex="0 0 auto")  # never squeezed to "▶ …"
+    button = w.Button(description=label, tooltip=tooltip, layout=layout)
     button.add_class("nba-btn")
     button.add_class(cls)
     return button
@@ -401,13 +402,13 @@ class AgentPanel:
         children: list[w.Widget] = []
         if state in ("pending", "editing"):
             run = _button("▶ Run", "nba-primary", "Run this code")
-            skip = _button("⏭ Skip", "nba-quiet", "Do not run this code")
+            skip = _button("↷ Skip", "nba-quiet", "Do not run this code")
             skip.on_click(lambda _b: self._decide(key, "skip"))
             if state == "pending":
                 edit = _button("✎ Edit", "nba-quiet", "Edit the code before running it")
                 edit.on_click(lambda _b: self._set_approval(key, "editing"))
                 run.on_click(lambda _b: self._decide(key, "run"))
-                hint = _html('<span class="nba-dim">Waiting for your approval</span>')
+                hint = w.HTML('<span class="nba-dim">Waiting for your approval</span>')
                 self._adopt(run, edit, skip)
                 children = [w.HBox([run, edit, skip, hint])]
             else:
