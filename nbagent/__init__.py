@@ -51,13 +51,9 @@ def __dir__() -> list[str]:
 
 def load_ipython_extension(ipython: Any) -> None:
     """``%load_ext nbagent``: register the ``%agent`` / ``%%agent`` magics."""
-    from nbagent.magic import load_ipython_extension as load
-
-    load(ipython)
+    importlib.import_module("nbagent.magic").load_ipython_extension(ipython)
 
 
 def unload_ipython_extension(ipython: Any) -> None:
     """``%unload_ext nbagent``: shut the magic's agent session down."""
-    from nbagent.magic import unload_ipython_extension as unload
-
-    unload(ipython)
+    importlib.import_module("nbagent.magic").unload_ipython_extension(ipython)
