@@ -54,11 +54,31 @@ from nbagent.render import TextRenderer, render_html, render_text
 from nbagent.steps import Decision
 from nbagent.transcript import Transcript
 
-__all__ = ["NbAgentMagics", "load_ipython_extension", "unload_ipython_extension"]
+__all__ = [
+    "AgentInterrupted",
+    "NbAgentMagics",
+    "load_ipython_extension",
+    "protect_questions",
+    "unload_ipython_extension",
+]
 
 #: Seconds a run may take to clean up after an interrupt before the cell gives up waiting.
 STOP_GRACE = 15.0
 _Outcome = tuple["RunResult | None", "NbAgentError | None", dict[str, Any], list[str]]
+
+
+class AgentInterrupted(KeyboardInterrupt):
+    """A blocking run was stopped by the notebook's interrupt (after cleaning up).
+
+    Still a KeyboardInterrupt, so "Run all" stops there and Python loops break, but IPython
+    shows one line instead of a traceback through the magic's waiting loop.
+    """
+
+    def __init__(self) -> None:
+        super().__init__("the agent was stopped: its kernel was interrupted, the transcript kept")
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"KeyboardInterrupt: {self.args[0]}"]
 
 
 class _Session:
@@ -448,7 +468,7 @@ class NbAgentMagics(Magics):
                     with contextlib.suppress(concurrent.futures.TimeoutError, Exception):
                         future.result(timeout=0.5)
             run.finish([])
-            raise
+            raise AgentInterrupted() from None
 
     def _conclude(
         self,

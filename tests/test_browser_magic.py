@@ -191,3 +191,32 @@ def test_background_run_stops_from_the_panel(lab: BrowserLab, server: ScriptedSe
     live.locator("button:has-text('Stop')").click()
     cell(page, 1).locator(".nbagent-static >> .nba-header >> text=stopped").wait_for()
     page.close()
+
+
+def test_notebook_interrupt_stops_a_blocking_run(lab: BrowserLab, server: ScriptedServer) -> None:
+    server.add(
+        py(LOOP, "A long computation."),
+        py("final_answer(i)", "How far did it get?"),
+    )
+    name = f"interrupt-{secrets.token_hex(3)}.ipynb"
+    page = start_all(
+        lab, name, [setup_cell(server), "%agent loop for a while", "%agent how far did it get?"]
+    )
+    live = cell(page, 1).locator(".widget-vbox.nbagent")
+    live.locator("text=working 2").first.wait_for()
+    page.evaluate("window.jupyterapp.commands.execute('kernelmenu:interrupt')")
+    summary = cell(page, 1).locator(".nbagent-static")
+    summary.locator(".nba-header >> text=stopped").wait_for(timeout=30_000)
+    summary.locator("text=interrupted (KeyboardInterrupt)").first.wait_for()
+    # The cell ends with a one-line KeyboardInterrupt (so "Run all" stops), no traceback.
+    cell(page, 1).locator("text=KeyboardInterrupt: the agent was stopped").wait_for()
+    assert "Traceback" not in cell(page, 1).inner_text()
+    assert "event loop" not in cell(page, 1).inner_text()
+
+    # The queued cell was cancelled with the interrupt, as for any cell; run it now.
+    page.locator(".jp-Notebook .jp-CodeCell").nth(2).locator(".jp-InputArea-editor").click()
+    page.keyboard.press("Shift+Enter")
+    answer = cell(page, 2).locator(".nbagent-static .nba-answer-text")
+    answer.wait_for(timeout=60_000)
+    assert int(answer.inner_text().strip()) < 590  # the agent's kernel loop was interrupted
+    page.close()

@@ -212,8 +212,11 @@ def test_keyboard_interrupt_stops_cleanly_and_the_next_run_works(
         py("import time\nprint('looping', flush=True)\nfor i in range(600):\n    time.sleep(0.1)")
     )
     t0 = time.monotonic()
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt) as info:
         ip.run_line_magic("agent", "loop for a minute")
+    assert info.value._render_traceback_() == [  # one line in the notebook, no traceback
+        "KeyboardInterrupt: the agent was stopped: its kernel was interrupted, the transcript kept"
+    ]
     assert time.monotonic() - t0 < 20
     assert started.is_set()
     meta = magics.session.transcript.nb.metadata["nbagent"]
@@ -277,3 +280,18 @@ def test_save_autosaves_and_saves_on_demand(
     assert any("hello" in json.dumps(c.get("outputs", [])) for c in nb.cells)
     ip.run_line_magic("agent", "--save again.ipynb")
     assert nbformat.read(tmp_path / "again.ipynb", as_version=4).metadata["nbagent"]["answer"]
+    # What the panel's Save button calls: the autosave path once there is one.
+    assert magics.session.save() == (tmp_path / "run.ipynb").resolve()
+
+
+def test_a_task_ending_in_a_question_mark_is_not_a_help_request(
+    ip: Any, magics: Any, scripted_openai: ScriptedServer
+) -> None:
+    assert ip.transform_cell("ans = %agent what is x?") == (
+        "ans = get_ipython().run_line_magic('agent', 'what is x?')\n"
+    )
+    assert "pinfo" in ip.transform_cell("%agent?")  # help on the magic still works
+    scripted_openai.add(py("final_answer(6 * 7)"))
+    result = ip.run_cell("answer = %agent what is six times seven?")
+    assert result.success and ip.user_ns["answer"] == "42"
+    assert last_user_text(scripted_openai) == "Task: what is six times seven?"
