@@ -393,6 +393,13 @@ class NbAgentMagics(Magics):
             raise UsageError("--approve without widgets asks at a prompt: drop --bg")
         if args.save:
             session.autosave_to(args.save)
+        for flag, value in (
+            ("--max-steps", args.max_steps),
+            ("--step-timeout", args.step_timeout),
+            ("--time-limit", args.time_limit),
+        ):
+            if value is not None and value <= 0:
+                raise UsageError(f"{flag} must be positive, got {value:g}")
         agent.max_steps = args.max_steps or self.max_steps
         agent.step_timeout = args.step_timeout or self.step_timeout
         agent.time_limit = args.time_limit or self.time_limit

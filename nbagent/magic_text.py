@@ -80,7 +80,8 @@ def split_options(line: str, *, greedy_names: bool = False) -> tuple[list[str], 
         pos = match.end()
         if not eq:
             nxt = _TOKEN.match(line, pos)
-            if nxt is None or (nxt.group(1).startswith("-") and name not in _NAMES):
+            is_option = nxt is not None and re.match(r"-[^\d.]", nxt.group(1)) is not None
+            if nxt is None or (is_option and name not in _NAMES):
                 raise OptionError(f"option {name} needs a value")
             value, pos = nxt.group(1), nxt.end()
         tokens += [name, _unquote(value)]

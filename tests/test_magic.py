@@ -93,6 +93,8 @@ def test_registration_help_and_config_defaults(ip: Any, magics: Any) -> None:
         ip.run_line_magic("agent", "--bg")
     with pytest.raises(UsageError, match="invalid int value"):
         ip.run_line_magic("agent", "--max-steps many do it")
+    with pytest.raises(UsageError, match="--step-timeout must be positive, got -1"):
+        ip.run_line_magic("agent", "--step-timeout -1 do it")
 
 
 def test_line_magic_answers_substitutes_and_follow_up_continues(
