@@ -282,6 +282,8 @@ class NbAgentMagics(Magics):
     vision = Bool(None, allow_none=True, help="Send images to the model.").tag(config=True)
     widgets = Bool(True, help="Use the live panel when a kernel can show it.").tag(config=True)
 
+    shell: Any  # the InteractiveShell (IPython types it as optional)
+
     def __init__(self, shell: Any = None, **kwargs: Any) -> None:
         super().__init__(shell=shell, **kwargs)
         self.session: _Session | None = None
@@ -313,7 +315,8 @@ class NbAgentMagics(Magics):
         namespace = self.shell.user_ns
         task = substitute("\n".join(p for p in (rest, cell or "") if p.strip()).strip(), namespace)
         if args.stop:
-            return self._stop_background()
+            self._stop_background()
+            return None
         if args.new and self.session is not None:
             self.session.close()
             self.session = None
@@ -514,14 +517,12 @@ class NbAgentMagics(Magics):
 
     def _stop_background(self) -> None:
         session = self.session
-        if session is None or not session.busy():
+        if session is None or session.active is None or not session.busy():
             print("nbagent: no background run to stop")
-            return None
-        assert session.active is not None
+            return
         session.agent.stop("stopped with %agent --stop")
         if not session.active.finished.wait(STOP_GRACE):
             raise UsageError(f"the run did not stop within {STOP_GRACE:g} s")
-        return None
 
     def close(self) -> None:
         """Shut the session's kernel down."""

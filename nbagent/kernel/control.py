@@ -49,12 +49,13 @@ def create_subshell(connection_file: str | os.PathLike[str], timeout: float = 5.
         key=str(info.get("key", "")).encode(),
         signature_scheme=info.get("signature_scheme", "hmac-sha256"),
     )
-    context = zmq.Context.instance()
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
     sock = context.socket(zmq.DEALER)
     sock.linger = 0
     try:
         sock.connect(url)
         request = session.send(sock, "create_subshell_request", {})
+        assert request is not None
         deadline_ms = int(timeout * 1000)
         while sock.poll(deadline_ms):
             _idents, frames = session.feed_identities(sock.recv_multipart())
