@@ -212,6 +212,7 @@ def test_notebook_interrupt_stops_a_blocking_run(lab: BrowserLab, server: Script
     cell(page, 1).locator("text=KeyboardInterrupt: the agent was stopped").wait_for()
     assert "Traceback" not in cell(page, 1).inner_text()
     assert "event loop" not in cell(page, 1).inner_text()
+    lab.screenshot(page, cell(page, 1), "magic-interrupted.png")
 
     # The queued cell was cancelled with the interrupt, as for any cell; run it now.
     page.locator(".jp-Notebook .jp-CodeCell").nth(2).locator(".jp-InputArea-editor").click()
