@@ -53,3 +53,13 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(__all__)
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext nbagent``: register the ``%agent`` / ``%%agent`` magics."""
+    importlib.import_module("nbagent.magic").load_ipython_extension(ipython)
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    """``%unload_ext nbagent``: shut the magic's agent session down."""
+    importlib.import_module("nbagent.magic").unload_ipython_extension(ipython)
