@@ -49,7 +49,14 @@ from nbagent.agent import Agent, RunResult
 from nbagent.errors import NbAgentError
 from nbagent.events import Event
 from nbagent.kernel.transfer import check_names
-from nbagent.magic_text import OptionError, inputs_context, names_of, split_options, substitute
+from nbagent.magic_text import (
+    OptionError,
+    ask_in_text,
+    inputs_context,
+    names_of,
+    split_options,
+    substitute,
+)
 from nbagent.render import TextRenderer, render_html, render_text
 from nbagent.steps import Decision
 from nbagent.transcript import Transcript
@@ -189,7 +196,7 @@ class _Run:
         with contextlib.suppress(queue.Empty):
             step, code, request = self.prompts.get_nowait()
             if not request.done():
-                request.set_result(_ask(step, code))
+                request.set_result(ask_in_text(step, code))
 
     def show(self) -> None:
         if self.panel is not None:
@@ -221,26 +228,6 @@ def _close_tree(widget: Any) -> None:
         widget.close()
 
 
-def _ask(step: int, code: str) -> tuple[str, str]:
-    """Text approval: show the code, ask run / skip / edit / quit (terminal, no widgets)."""
-    body = "\n".join(f"  │ {line}" for line in code.splitlines())
-    print(f"\n── step {step}: the agent wants to run ──\n{body}")
-    while True:
-        reply = input("Run it? [r]un / [s]kip / [e]dit / [q]uit: ").strip().lower()
-        if reply in ("", "r", "run", "y", "yes"):
-            return ("run", code)
-        if reply in ("s", "skip", "n", "no"):
-            return ("skip", code)
-        if reply in ("q", "quit"):
-            return ("quit", code)
-        if reply in ("e", "edit"):
-            print("Type the code to run; end with a line holding only '.'")
-            lines = []
-            while (line := input()) != ".":
-                lines.append(line)
-            return ("run", "\n".join(lines))
-
-
 def _options(func: Callable[..., Any]) -> Callable[..., Any]:
     """The options both magics share (declared once; IPython builds their help from them)."""
     decorators = [
@@ -262,6 +249,13 @@ def _options(func: Callable[..., Any]) -> Callable[..., Any]:
         argument("--bg", action="store_true", help="return at once; the run goes on"),
         argument("--approve", action="store_true", help="ask before each code cell runs"),
         argument("--stop", action="store_true", help="stop the running background run"),
+        argument(
+            "--tools", action="extend", nargs="+", metavar="NAME",
+            help="host tools the agent's code may call: @tool objects (or lists) by variable "
+            "name, or module:attr (new sessions only)",
+        ),
+        argument("--action", choices=("code", "tools"), help="code blocks or run_python calls"),
+        argument("--plan-every", dest="plan_every", type=int, help="plan every N steps"),
         argument("--vision", dest="vision", action="store_const", const=True, default=None),
         argument("--no-vision", dest="vision", action="store_const", const=False),
     ]  # fmt: skip
@@ -347,6 +341,10 @@ class NbAgentMagics(Magics):
         session = self.session
         model, base_url = args.model or self.model, args.base_url or self.base_url
         if session is not None:
+            for flag, given in (("--tools", args.tools), ("--action", args.action),
+                                ("--plan-every", args.plan_every)):  # fmt: skip
+                if given:
+                    raise UsageError(f"{flag} shapes a new session: add --new to use it")
             for flag, wanted, have in (
                 ("--model", args.model, session.model),
                 ("--base-url", args.base_url, session.base_url),
@@ -359,11 +357,33 @@ class NbAgentMagics(Magics):
             return session
         vision = args.vision if args.vision is not None else self.vision
         try:
-            agent = Agent(model or None, base_url=base_url or None, vision=vision)
+            agent = Agent(
+                model or None,
+                base_url=base_url or None,
+                vision=vision,
+                tools=self._tools(names_of(args.tools)),
+                action=args.action or "code",
+                planning_interval=args.plan_every,
+            )
         except NbAgentError as exc:
             raise UsageError(str(exc)) from None
         self.session = _Session(agent, model, base_url)
         return self.session
+
+    def _tools(self, names: list[str]) -> list[Any]:
+        """Tools named by variable (a tool or a list of them) or by ``module:attr``."""
+        from nbagent.tools import load_tools
+
+        found: list[Any] = []
+        for name in names:
+            if ":" in name:
+                found.extend(load_tools(name))
+                continue
+            if name not in self.shell.user_ns:
+                raise UsageError(f"--tools: no variable named {name} in your namespace")
+            value = self.shell.user_ns[name]
+            found.extend(value if isinstance(value, (list, tuple)) else [value])
+        return found
 
     def _widgets(self) -> bool:
         if not self.widgets or getattr(self.shell, "kernel", None) is None:

@@ -15,7 +15,15 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["FLAGS", "VALUED", "describe_value", "inputs_context", "split_options", "substitute"]
+__all__ = [
+    "FLAGS",
+    "VALUED",
+    "ask_in_text",
+    "describe_value",
+    "inputs_context",
+    "split_options",
+    "substitute",
+]
 
 #: Options without a value.
 FLAGS = frozenset({"--new", "--bg", "--approve", "--vision", "--no-vision", "--stop"})
@@ -32,9 +40,12 @@ VALUED = frozenset(
         "--input",
         "-o",
         "--output",
+        "--tools",
+        "--action",
+        "--plan-every",
     }
 )
-_NAMES = frozenset({"-i", "--input", "-o", "--output"})
+_NAMES = frozenset({"-i", "--input", "-o", "--output", "--tools"})
 _TOKEN = re.compile(r"""\s*(-[\w-]+=(?:"[^"]*"|'[^']*')|"[^"]*"|'[^']*'|\S+)""")
 _IDENT = re.compile(r"[A-Za-z_]\w*(,[A-Za-z_]\w*)*,?$")
 
@@ -165,3 +176,23 @@ def inputs_context(values: Mapping[str, Any], outputs: Sequence[str]) -> str:
             "DataFrames only)."
         )
     return "\n\n".join(parts)
+
+
+def ask_in_text(step: int, code: str) -> tuple[str, str]:
+    """Text approval: show the code, ask run / skip / edit / quit (terminal, no widgets)."""
+    body = "\n".join(f"  │ {line}" for line in code.splitlines())
+    print(f"\n── step {step}: the agent wants to run ──\n{body}")
+    while True:
+        reply = input("Run it? [r]un / [s]kip / [e]dit / [q]uit: ").strip().lower()
+        if reply in ("", "r", "run", "y", "yes"):
+            return ("run", code)
+        if reply in ("s", "skip", "n", "no"):
+            return ("skip", code)
+        if reply in ("q", "quit"):
+            return ("quit", code)
+        if reply in ("e", "edit"):
+            print("Type the code to run; end with a line holding only '.'")
+            lines = []
+            while (line := input()) != ".":
+                lines.append(line)
+            return ("run", "\n".join(lines))

@@ -297,3 +297,26 @@ def test_a_task_ending_in_a_question_mark_is_not_a_help_request(
     result = ip.run_cell("answer = %agent what is six times seven?")
     assert result.success and ip.user_ns["answer"] == "42"
     assert last_user_text(scripted_openai) == "Task: what is six times seven?"
+
+
+def test_tools_action_and_planning_shape_a_new_session(
+    ip: Any, magics: Any, scripted_openai: ScriptedServer
+) -> None:
+    from nbagent import tool
+
+    @tool
+    def lookup(key: str) -> str:
+        """Look a key up in the host's table."""
+        return {"a": "alpha"}.get(key, "?")
+
+    ip.user_ns["lookup"] = lookup
+    scripted_openai.add("Plan: call lookup.", py("final_answer(lookup('a'))"))
+    answer = ip.run_line_magic("agent", "--new --tools lookup --plan-every 5 what is a?")
+    assert answer == "alpha"
+    system = scripted_openai.chat_requests[0].messages[0]["content"]
+    assert "lookup(key: str)" in system
+    # a follow-up may not change the tools: that would be a different session
+    with pytest.raises(UsageError, match="--tools shapes a new session"):
+        ip.run_line_magic("agent", "--tools lookup again")
+    with pytest.raises(UsageError, match="no variable named nothere"):
+        ip.run_line_magic("agent", "--new --tools nothere hi")
