@@ -272,6 +272,14 @@ class Agent:
         assert self._kernel is not None
         return await self._kernel.apull(names)
 
+    def push(self, values: Mapping[str, Any]) -> None:
+        """Blocking :meth:`apush`."""
+        _sync.run_sync(self.apush(values))
+
+    def pull(self, names: Sequence[str]) -> dict[str, Any]:
+        """Blocking :meth:`apull`."""
+        return _sync.run_sync(self.apull(names))
+
     async def aresume(self, source: str | os.PathLike[str] | Transcript) -> Transcript:
         """Continue a saved run: restore its conversation, rebuild kernel state by re-running
         its code, and append the next runs to the same transcript (returned)."""
