@@ -49,7 +49,7 @@ async def bench_start(n: int, gateway: Gateway) -> tuple[list[float], list[float
     local, remote = [], []
     for _ in range(n):
         for kind, out in (("local", local), ("gateway", remote)):
-            k = KernelSession(gateway=gateway if kind == "gateway" else None)
+            k = KernelSession(backend=gateway.backend() if kind == "gateway" else None)
             t = time.perf_counter()
             await k.astart()
             out.append(time.perf_counter() - t)
@@ -100,7 +100,7 @@ async def bench_roundtrip(rounds: int, gateway: Gateway) -> dict[str, list[float
         try:
             async with (
                 KernelSession() as lk,
-                KernelSession(gateway=gateway) as gk,
+                KernelSession(backend=gateway.backend()) as gk,
                 websockets.connect(
                     ws_url(gateway.url, kernel_id, session),
                     additional_headers=headers,
@@ -137,11 +137,14 @@ async def bench_upload(gateway: Gateway, megabytes: int, n: int) -> dict[str, fl
     work.mkdir()
     rates = {}
     for kind in ("local", "gateway"):
-        where = gateway if kind == "gateway" else None
         plain, loaded = [], []
         for _ in range(n):
             for with_data, out in ((False, plain), (True, loaded)):
-                k = KernelSession(gateway=where, cwd=work, data=files if with_data else ())
+                k = KernelSession(
+                    backend=gateway.backend() if kind == "gateway" else None,
+                    cwd=work,
+                    data=files if with_data else (),
+                )
                 t = time.perf_counter()
                 await k.astart()
                 out.append(time.perf_counter() - t)

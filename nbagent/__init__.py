@@ -19,9 +19,12 @@ _EXPORTS: dict[str, str] = {
     "ExecutionResult": "nbagent.kernel.base",
     "Gateway": "nbagent.kernel.gateway",
     "KernelSession": "nbagent.kernel.session",
+    "ResourceLimits": "nbagent.kernel.limits",
     "RunResult": "nbagent.agent",
+    "Tool": "nbagent.tools",
     "Transcript": "nbagent.transcript",
     "make_model": "nbagent.llm",
+    "tool": "nbagent.tools",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]
@@ -31,9 +34,12 @@ if TYPE_CHECKING:
     from nbagent.agent import RunResult as RunResult
     from nbagent.kernel.base import ExecutionResult as ExecutionResult
     from nbagent.kernel.gateway import Gateway as Gateway
+    from nbagent.kernel.limits import ResourceLimits as ResourceLimits
     from nbagent.kernel.session import KernelSession as KernelSession
     from nbagent.llm import make_model as make_model
     from nbagent.steps import Decision as Decision
+    from nbagent.tools import Tool as Tool
+    from nbagent.tools import tool as tool
     from nbagent.transcript import Transcript as Transcript
     from nbagent.widget import AgentPanel as AgentPanel
 
@@ -49,3 +55,13 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(__all__)
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext nbagent``: register the ``%agent`` / ``%%agent`` magics."""
+    importlib.import_module("nbagent.magic").load_ipython_extension(ipython)
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    """``%unload_ext nbagent``: shut the magic's agent session down."""
+    importlib.import_module("nbagent.magic").unload_ipython_extension(ipython)

@@ -24,8 +24,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from nbagent import _sync
+from nbagent.actions import ACTIONS, Action
 from nbagent.errors import ConfigError, NbAgentError
 from nbagent.events import Event, KernelStatus, Notice, RunFinished, RunStarted, RunStatus, Usage
+from nbagent.kernel.limits import ResourceLimits
 from nbagent.kernel.session import KernelSession
 from nbagent.kernel.upload import DataFile, collect_data, describe_data
 from nbagent.llm import make_model
@@ -33,9 +35,12 @@ from nbagent.llm.base import ChatModel, Message
 from nbagent.prelude import PRELUDE
 from nbagent.prompts import follow_up, system_prompt, task_message
 from nbagent.steps import Approver, Decision, Finish, StepRunner
+from nbagent.toolhost import ToolHost
+from nbagent.tools import Tool, check_tools, describe_tools
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # nbformat costs up to seconds to import (jsonschema): load it when used
     from nbagent.kernel.gateway import Gateway
+    from nbagent.transcript import Transcript
 
 __all__ = ["Agent", "Decision", "RunResult"]
 
@@ -73,14 +78,26 @@ class Agent:
         step_timeout: seconds one cell may run before it is interrupted.
         time_limit: wall-clock seconds for a whole run (None: no limit).
         token_budget: total tokens (input + output, all runs of this agent) before it stops.
-        workdir: the kernel's working directory (default: the current directory).
+        workdir: the kernel's working directory (default: the current directory, where a
+            notebook's files are; the CLI makes a fresh run directory instead, see
+            :func:`nbagent.rundir.prepare_run_dir`).
         env: names of environment variables to pass to the kernel although they look secret.
         vision: send images to the model (default: what the model is known to support).
         on_event: called with every event, from the loop thread, before it is yielded.
         approve: awaited before each cell runs; returns a :class:`Decision`.
+        resource_limits: memory, CPU, process, open-file and file-size bounds for the kernel
+            (:class:`~nbagent.kernel.limits.ResourceLimits`; local kernels only; default off).
+        tools: host functions made with :func:`nbagent.tool` that kernel code may call; they
+            run in this process (see docs/architecture.md, "Tools").
+        tool_timeout: seconds one tool call may take unless the tool sets its own.
+        action: how the model sends code: "code" (fenced blocks in its text) or "tools" (a
+            native ``run_python(code)`` function call, for function-calling models).
+        planning_interval: ask the model for a short plan before step 1 and an update every
+            this many steps (None: no planning).
         gateway: run the kernel on a Jupyter Kernel Gateway or Enterprise Gateway: its URL or
             a :class:`~nbagent.kernel.gateway.Gateway` (the token comes from
-            ``$JUPYTER_GATEWAY_AUTH_TOKEN`` unless the Gateway carries one).
+            ``$JUPYTER_GATEWAY_AUTH_TOKEN`` unless the Gateway carries one). Also accepted as
+            ``kernel_options["gateway"]``.
         data: files and directories to upload into the kernel's working directory when it
             starts (checked now; the model is told which files are there).
     """
@@ -105,6 +122,11 @@ class Agent:
         on_event: Listener | None = None,
         approve: Approver | None = None,
         kernel_options: Mapping[str, Any] | None = None,
+        resource_limits: ResourceLimits | None = None,
+        tools: Sequence[Tool] = (),
+        tool_timeout: float = 60.0,
+        action: Action = "code",
+        planning_interval: int | None = None,
         gateway: str | Gateway | None = None,
         data: Sequence[str | os.PathLike[str] | DataFile] = (),
     ) -> None:
@@ -116,6 +138,17 @@ class Agent:
             raise ConfigError(f"time_limit must be positive, got {time_limit}")
         if token_budget is not None and token_budget <= 0:
             raise ConfigError(f"token_budget must be positive, got {token_budget}")
+        if action not in ACTIONS:
+            raise ConfigError(f"action must be one of {', '.join(ACTIONS)}, got {action!r}")
+        if planning_interval is not None and planning_interval < 1:
+            raise ConfigError(f"planning_interval must be at least 1, got {planning_interval}")
+        if not tool_timeout > 0:
+            raise ConfigError(f"tool_timeout must be positive, got {tool_timeout}")
+        self.tools = check_tools(tools)
+        self.tool_host = ToolHost(self.tools, timeout=tool_timeout) if self.tools else None
+        self.tool_names = frozenset(t.name for t in self.tools)
+        self.action: Action = action
+        self.planning_interval = planning_interval
         if isinstance(model, str) or model is None:
             self.model: ChatModel = make_model(
                 model, base_url=base_url, api_key=api_key, vision=vision, max_tokens=max_tokens
@@ -135,13 +168,25 @@ class Agent:
         self.approve = approve
         self.kernel_options = dict(kernel_options or {})
         if gateway is not None:
+            self.kernel_options["gateway"] = gateway
+        if self.kernel_options.get("gateway") is not None:  # a bad URL fails now
             from nbagent.kernel.gateway import Gateway
 
-            self.kernel_options["gateway"] = Gateway.coerce(gateway)  # a bad URL fails now
+            if self.kernel_options.get("backend") is not None:
+                raise ConfigError("give either a gateway or a backend, not both")
+            self.kernel_options["gateway"] = Gateway.coerce(self.kernel_options["gateway"])
         files = collect_data([*self.kernel_options.get("data", ()), *data])
         if files:
             self.kernel_options["data"] = files
-        self.messages: list[Message] = [Message("system", system or system_prompt(instructions))]
+        if resource_limits:
+            # A backend or a gateway means nbagent does not launch the kernel: fail now.
+            options = self.kernel_options
+            resource_limits.check_backend(options.get("backend") or options.get("gateway"))
+            self.kernel_options["resource_limits"] = resource_limits
+        extra = "\n".join(x for x in (describe_tools(self.tools), instructions.strip()) if x)
+        self.messages: list[Message] = [
+            Message("system", system or system_prompt(extra, action=action))
+        ]
         self.usage = Usage()
         self.steps = 0
         self.turns = 0
@@ -182,7 +227,12 @@ class Agent:
             start = None  # the last start failed: try again
         if start is None:
             options = {"cwd": self.workdir, "env_passthrough": self.env, **self.kernel_options}
-            self._kernel = KernelSession(startup_code=PRELUDE, **options)
+            gateway = options.pop("gateway", None)
+            if gateway is not None:  # a backend per session; named variables go along
+                forward = (*self.env, *(options.get("extra_env") or {}))
+                options["backend"] = gateway.backend(forward_env=forward)
+            prelude = PRELUDE + (self.tool_host.prelude() if self.tool_host else "")
+            self._kernel = KernelSession(startup_code=prelude, **options)
             start = asyncio.ensure_future(self._kernel.astart())
             # Retrieve a failure even if no step ever awaits it (a run answered without code).
             start.add_done_callback(lambda t: t.cancelled() or t.exception())
@@ -246,6 +296,58 @@ class Agent:
         await self._ensure_kernel()
         assert self._kernel is not None
         return await self._kernel.apull(names)
+
+    def push(self, values: Mapping[str, Any]) -> None:
+        """Blocking :meth:`apush`."""
+        _sync.run_sync(self.apush(values))
+
+    def pull(self, names: Sequence[str]) -> dict[str, Any]:
+        """Blocking :meth:`apull`."""
+        return _sync.run_sync(self.apull(names))
+
+    async def aresume(self, source: str | os.PathLike[str] | Transcript) -> Transcript:
+        """Continue a saved run: restore its conversation, rebuild kernel state by re-running
+        its code, and append the next runs to the same transcript (returned)."""
+        from nbagent.resume import restore_conversation
+        from nbagent.transcript import Transcript
+
+        self._bind_loop()
+        if self.turns or len(self.messages) > 1:
+            raise ConfigError("resume into a fresh Agent: this one already has a conversation")
+        transcript = source if isinstance(source, Transcript) else Transcript.load(source)
+        restored = restore_conversation(transcript.nb, self.messages[0].text)
+        self.messages = restored.messages
+        self.steps, self.turns, self.usage = restored.steps, restored.turns, restored.usage
+        self._pending = restored.pending
+        self._notify(
+            KernelStatus(status="restoring", detail=f"re-running {len(restored.code)} cells")
+        )
+        await self._ensure_kernel()
+        assert self._kernel is not None
+        # Host tools are not called again: their recorded results are replayed, as in a plain
+        # re-execution of the transcript; the live stubs come back afterwards.
+        replay = transcript.tool_replay_source()
+        for code in [replay, *restored.code] if replay else restored.code:
+            result = await self._kernel.aexecute(code, timeout=self.step_timeout)
+            if result.status in ("timeout", "died"):
+                self._notify(
+                    Notice(level="warning", message=f"while restoring state: {result.note}")
+                )
+        if replay and self.tool_host is not None:
+            await self._kernel.aexecute(self.tool_host.prelude(), timeout=self.step_timeout)
+        self._notify(KernelStatus(status="ready", detail="state restored"))
+        self.add_listener(transcript)
+        return transcript
+
+    def resume(self, source: str | os.PathLike[str] | Transcript) -> Transcript:
+        """Blocking :meth:`aresume`."""
+        return _sync.run_sync(self.aresume(source))
+
+    def _notify(self, event: Event) -> None:
+        """Deliver an event outside a run (listeners only)."""
+        for listener in list(self._listeners):
+            with contextlib.suppress(Exception):
+                listener(event)
 
     def set_context(self, text: str) -> None:
         """Text added to the next task message (e.g. which variables were pushed in)."""
@@ -357,7 +459,20 @@ class Agent:
         self.turns += 1
         first_step, usage_before = self.steps, self.usage
         run_id = uuid.uuid4().hex[:12]
-        emit(RunStarted(run_id=run_id, task=task, model=self._model_label(), turn=self.turns))
+        prompt = self._add_task_message(task)
+        self._context = ""
+        specs = tuple(self.tool_host.specs()) if self.tool_host else ()
+        emit(
+            RunStarted(
+                run_id=run_id,
+                task=task,
+                model=self._model_label(),
+                turn=self.turns,
+                prompt=prompt,
+                workdir=self.workdir,
+                tools=specs,
+            )
+        )
         if self._kernel_start is None or not self._kernel_start.done():
             emit(KernelStatus(status="starting"))
         runner = StepRunner(
@@ -366,8 +481,6 @@ class Agent:
             kernel_start=self._ensure_kernel(),
             deadline=t0 + self.time_limit if self.time_limit else None,
         )
-        self._add_task_message(task)
-        self._context = ""
         error: BaseException | None = None
         try:
             await runner.run()
@@ -400,18 +513,19 @@ class Agent:
         if error is not None:
             raise error
 
-    def _add_task_message(self, task: str) -> None:
+    def _add_task_message(self, task: str) -> str:
+        """Append the user message that starts a run; return its text."""
         if self.turns == 1 and len(self.messages) == 1:
-            self.messages.append(Message("user", task_message(task, self._context)))
-            return
-        text = follow_up(task, self._pending, self._context)
-        self._pending = ""
-        if self.messages[-1].role == "user":
-            # The last run ended on an observation the model never answered: fold it in, so
-            # roles keep alternating (Anthropic requires it).
-            last = self.messages.pop()
-            text = f"{last.text}\n\n{text}"
+            text = task_message(task, self._context)
+        else:
+            text = follow_up(task, self._pending, self._context)
+            self._pending = ""
+            if self.messages[-1].role == "user":
+                # The last run ended on an observation the model never answered: fold it in, so
+                # roles keep alternating (Anthropic requires it).
+                text = f"{self.messages.pop().text}\n\n{text}"
         self.messages.append(Message("user", text))
+        return text
 
     async def _interrupt_quietly(self) -> None:
         kernel = self._kernel

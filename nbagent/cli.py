@@ -3,8 +3,16 @@
 ``nbagent run TASK`` prints the final answer alone on stdout and its progress on stderr, so it
 composes in shell pipelines. Exit codes: 0 answered, 1 the agent failed or stopped at a limit,
 2 usage or configuration error, 130 interrupted (Ctrl-C: the kernel is interrupted and shut
-down, what exists is saved). ``nbagent batch TASKS.jsonl -o DIR`` runs many tasks at once
-(:mod:`nbagent.batch`) and exits 0 only when every task was answered.
+down, what exists is saved).
+
+A run works in a fresh run directory, ``./nbagent-runs/<time>-<id>/`` (printed on stderr), with
+the ``--data`` files copied in; ``--workdir DIR`` works in DIR instead. ``--approve`` asks
+before each cell (:mod:`nbagent.approval`); ``--max-memory`` and friends bound the kernel
+(:mod:`nbagent.kernel.limits`). docs/security.md says what each of these does and does not stop.
+With ``--gateway URL`` (or ``$JUPYTER_GATEWAY_URL``) the kernel runs on a Jupyter Kernel Gateway
+or Enterprise Gateway and the ``--data`` files are uploaded through it instead.
+``nbagent batch TASKS.jsonl -o DIR`` runs many tasks at once (:mod:`nbagent.batch`) and exits 0
+only when every task was answered.
 """
 
 from __future__ import annotations
@@ -12,10 +20,11 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from nbagent import __version__
-from nbagent.errors import AuthenticationError, ConfigError, NbAgentError
+from nbagent.errors import AuthenticationError, ConfigError, NbAgentError, TranscriptError
 
 if TYPE_CHECKING:
     from nbagent.agent import Agent
@@ -55,6 +64,15 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _size(text: str) -> int:
+    from nbagent.kernel.limits import parse_size
+
+    try:
+        return parse_size(text, what="the value")
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", "-m", help="[provider:]name, e.g. openai:gpt-4o (env NBAGENT_MODEL)")
     p.add_argument("--base-url", help="the provider's base URL (env NBAGENT_BASE_URL)")
@@ -63,27 +81,23 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     vision.add_argument("--no-vision", dest="vision", action="store_false")
 
 
-def _add_run_options(p: argparse.ArgumentParser) -> None:
-    _add_limit_options(p)
-    p.add_argument("-o", "--output", metavar="PATH", help="save the run as a notebook")
-    p.add_argument("--workdir", help="the kernel's working directory (default: current)")
+def _add_step_limits(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-steps", type=_positive_int, default=20, help="default 20")
+    p.add_argument(
+        "--step-timeout", type=_seconds, default=120.0, help="seconds per cell (default 120)"
+    )
+    p.add_argument("--time-limit", type=_seconds, help="wall-clock seconds for the whole run")
+    p.add_argument("--token-budget", type=_positive_int, help="stop after this many tokens")
 
 
-def _add_kernel_options(p: argparse.ArgumentParser) -> None:
+def _add_gateway_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--gateway",
         metavar="URL",
-        help="run kernels on this Jupyter Kernel Gateway or Enterprise Gateway "
+        help="run the kernel on this Jupyter Kernel Gateway or Enterprise Gateway "
         "(env JUPYTER_GATEWAY_URL; token from JUPYTER_GATEWAY_AUTH_TOKEN)",
     )
     p.add_argument("--kernel-name", metavar="NAME", help="the gateway's kernelspec (python3)")
-    p.add_argument(
-        "--data",
-        action="append",
-        default=[],
-        metavar="PATH",
-        help="upload this file or directory into the kernel's working directory (repeatable)",
-    )
 
 
 def _gateway(args: argparse.Namespace) -> Gateway | None:
@@ -92,13 +106,14 @@ def _gateway(args: argparse.Namespace) -> Gateway | None:
     return Gateway.from_env(args.gateway, kernel_name=args.kernel_name)
 
 
-def _add_limit_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--max-steps", type=_positive_int, default=20, help="default 20")
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    _add_step_limits(p)
+    p.add_argument("-o", "--output", metavar="PATH", help="save the run as a notebook")
     p.add_argument(
-        "--step-timeout", type=_seconds, default=120.0, help="seconds per cell (default 120)"
+        "--resume",
+        metavar="PATH",
+        help="continue the run saved in this transcript (state rebuilt by re-running its code)",
     )
-    p.add_argument("--time-limit", type=_seconds, help="wall-clock seconds for the whole run")
-    p.add_argument("--token-budget", type=_positive_int, help="stop after this many tokens")
     p.add_argument(
         "--env",
         action="append",
@@ -106,7 +121,83 @@ def _add_limit_options(p: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="pass this environment variable to the kernel although it looks secret",
     )
+    p.add_argument(
+        "--workdir",
+        metavar="DIR",
+        help="work in DIR as it is (e.g. '.') instead of a fresh run directory "
+        "./nbagent-runs/<time>-<id>/",
+    )
+    p.add_argument(
+        "--data",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="copy this file or directory into the working directory first (repeatable)",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+    approval = p.add_argument_group("approval")
+    approval.add_argument(
+        "--approve",
+        action="store_true",
+        help="show each cell on stderr and read one line from stdin: r run, e edit "
+        "($EDITOR), s skip, q quit; end of input or no answer in time skips",
+    )
+    approval.add_argument(
+        "--approve-timeout",
+        type=_seconds,
+        default=300.0,
+        metavar="S",
+        help="seconds to wait for an answer before skipping (default 300)",
+    )
+    limits = p.add_argument_group(
+        "resource limits of the local kernel (default off; see docs/security.md)"
+    )
+    limits.add_argument(
+        "--max-memory", type=_size, metavar="SIZE", help="memory it may allocate, e.g. 512M, 2G"
+    )
+    limits.add_argument(
+        "--max-cpu-seconds",
+        type=_positive_int,
+        metavar="N",
+        help="CPU seconds per kernel process (it is restarted when they run out)",
+    )
+    limits.add_argument(
+        "--max-procs", type=_positive_int, metavar="N", help="processes and threads (20 or more)"
+    )
+    limits.add_argument(
+        "--max-open-files", type=_positive_int, metavar="N", help="open files (64 or more)"
+    )
+    limits.add_argument(
+        "--max-file-size", type=_size, metavar="SIZE", help="largest file it may write, e.g. 100M"
+    )
+    _add_tool_options(p)
+
+
+def _add_tool_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--tools",
+        action="append",
+        default=[],
+        metavar="MODULE:ATTR",
+        help="host tools kernel code may call: a @tool or a list of them (module or file.py); "
+        "repeatable",
+    )
+    p.add_argument(
+        "--tool-timeout", type=_seconds, default=60.0, help="seconds per tool call (default 60)"
+    )
+    p.add_argument(
+        "--action",
+        choices=("code", "tools"),
+        default="code",
+        help="how the model sends code: fenced blocks (code, default) or a run_python "
+        "function call (tools)",
+    )
+    p.add_argument(
+        "--plan-every",
+        type=_positive_int,
+        metavar="N",
+        help="ask for a short plan before step 1 and an update every N steps",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -117,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("task", help='what to do ("-" reads it from stdin)')
     _add_model_options(run)
     _add_run_options(run)
-    _add_kernel_options(run)
+    _add_gateway_options(run)
     batch = sub.add_parser("batch", help="run the tasks of a JSONL file in parallel")
     batch.add_argument("tasks", help='JSONL file: one {"id", "task", "data"} object per line')
     batch.add_argument(
@@ -127,8 +218,29 @@ def build_parser() -> argparse.ArgumentParser:
         "-o", "--output", required=True, metavar="DIR", help="transcripts and results.jsonl"
     )
     _add_model_options(batch)
-    _add_limit_options(batch)
-    _add_kernel_options(batch)
+    _add_step_limits(batch)
+    batch.add_argument(
+        "--env", action="append", default=[], metavar="NAME", help="as for nbagent run"
+    )
+    batch.add_argument(
+        "--data",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="a file or directory every task gets, before its own (repeatable)",
+    )
+    batch.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+    _add_gateway_options(batch)
+    rep = sub.add_parser(
+        "replay", help="re-execute a transcript in a fresh kernel and compare its outputs"
+    )
+    rep.add_argument("notebook", help="a transcript written by nbagent (or any notebook)")
+    rep.add_argument(
+        "--timeout", type=_seconds, default=300.0, help="seconds per cell (default 300)"
+    )
+    rep.add_argument(
+        "--strict-images", action="store_true", help="compare image bytes, not just presence"
+    )
     demo = sub.add_parser(
         "demo", help="analyse a bundled data set end to end (offline: recorded model replies)"
     )
@@ -154,12 +266,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_run(args)
         if args.command == "demo":
             return _cmd_demo(args)
+        if args.command == "replay":
+            return _cmd_replay(args)
         if args.command == "batch":
             return _cmd_batch(args)
     except KeyboardInterrupt:
         print("nbagent: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (ConfigError, AuthenticationError) as exc:
+    except (ConfigError, AuthenticationError, TranscriptError) as exc:
         print(f"nbagent: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except NbAgentError as exc:
@@ -178,27 +292,69 @@ def _read_task(task: str) -> str:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    import shutil
+
     from nbagent.agent import Agent
+    from nbagent.approval import TerminalApprover
+    from nbagent.kernel.limits import ResourceLimits
     from nbagent.progress import Progress
+    from nbagent.rundir import prepare_run_dir
+    from nbagent.tools import load_tools
     from nbagent.transcript import Transcript
 
+    if args.approve and args.task == "-":
+        raise ConfigError("--approve reads answers from stdin: give the task as an argument")
     task = _read_task(args.task)
-    transcript = Transcript(args.output) if args.output else None
-    agent = Agent(
-        args.model,
-        base_url=args.base_url,
-        vision=args.vision,
-        max_steps=args.max_steps,
-        step_timeout=args.step_timeout,
-        time_limit=args.time_limit,
-        token_budget=args.token_budget,
-        workdir=args.workdir,
-        env=args.env,
-        on_event=None if args.quiet else Progress(sys.stderr),
-        gateway=_gateway(args),
-        data=args.data,
+    tools = [t for spec in args.tools for t in load_tools(spec)]
+    limits = ResourceLimits(
+        memory=args.max_memory,
+        cpu_seconds=args.max_cpu_seconds,
+        processes=args.max_procs,
+        open_files=args.max_open_files,
+        file_size=args.max_file_size,
     )
-    return _run_agent(agent, task, transcript)
+    approver = TerminalApprover(timeout=args.approve_timeout) if args.approve else None
+    transcript = Transcript(args.output) if args.output and not args.resume else None
+    gateway = _gateway(args)
+    base = args.workdir
+    if args.resume and base is None:
+        base = _resumed_workdir(args.resume)
+    if gateway is None:
+        workdir, fresh = prepare_run_dir(base, args.data), base is None
+    else:  # the kernel works on the gateway: no local run directory, the data is uploaded
+        workdir, fresh = Path(base or "."), False
+    try:
+        agent = Agent(
+            args.model,
+            base_url=args.base_url,
+            vision=args.vision,
+            max_steps=args.max_steps,
+            step_timeout=args.step_timeout,
+            time_limit=args.time_limit,
+            token_budget=args.token_budget,
+            workdir=workdir,
+            env=args.env,
+            on_event=None if args.quiet else Progress(sys.stderr),
+            approve=approver,
+            resource_limits=limits,
+            tools=tools,
+            tool_timeout=args.tool_timeout,
+            action=args.action,
+            planning_interval=args.plan_every,
+            gateway=gateway,
+            data=args.data if gateway is not None else (),
+        )
+    except NbAgentError:
+        if fresh:
+            shutil.rmtree(workdir, ignore_errors=True)
+        raise
+    if gateway is not None and not args.quiet:
+        print(f"nbagent: the kernel runs on the gateway at {gateway.url}", file=sys.stderr)
+    elif fresh or not args.quiet:
+        print(f"nbagent: working in {workdir}", file=sys.stderr)
+    if limits and not args.quiet:
+        print(f"nbagent: kernel limits: {limits.describe()}", file=sys.stderr)
+    return _run_agent(agent, task, transcript, resume=args.resume, output=args.output)
 
 
 def _cmd_batch(args: argparse.Namespace) -> int:
@@ -225,11 +381,35 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     return EXIT_OK if report.ok else EXIT_FAILED
 
 
-def _run_agent(agent: Agent, task: str, transcript: Transcript | None) -> int:
-    if transcript is not None:
-        agent.add_listener(transcript)
+def _resumed_workdir(path: str) -> str:
+    """Where a resumed run works: the directory recorded in the transcript, if it still exists,
+    else the transcript's own folder (files the code wrote may then be missing)."""
+    from nbagent.transcript import read_transcript
+
+    nb = read_transcript(path)
+    recorded = nb.metadata["nbagent"].get("workdir")
+    if isinstance(recorded, str) and Path(recorded).is_dir():
+        return recorded
+    return str(Path(path).resolve().parent)
+
+
+def _run_agent(
+    agent: Agent,
+    task: str,
+    transcript: Transcript | None,
+    *,
+    resume: str | None = None,
+    output: str | None = None,
+) -> int:
+    """Run ``task`` (after resuming a transcript, if asked); save; print the answer."""
     try:
         with agent:
+            if resume:
+                transcript = agent.resume(resume)
+                if output:
+                    transcript.path = Path(output)
+            elif transcript is not None:
+                agent.add_listener(transcript)
             result = agent.run(task)
     finally:
         if transcript is not None and transcript.nb.cells:
@@ -240,9 +420,18 @@ def _run_agent(agent: Agent, task: str, transcript: Transcript | None) -> int:
     return EXIT_OK if result.ok else EXIT_FAILED
 
 
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from nbagent.replay import replay
+    from nbagent.transcript import read_transcript
+
+    read_transcript(args.notebook, require_nbagent=False)  # clear errors before a kernel starts
+    report = replay(args.notebook, timeout=args.timeout, strict_images=args.strict_images)
+    print(report.format())
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     import os
-    from pathlib import Path
 
     from nbagent.agent import Agent
     from nbagent.demo import DEMO_TASK, RecordedModel, demo_replies, prepare_demo_data

@@ -7,8 +7,8 @@ to show or store a run. Every event is a small frozen dataclass built with keywo
 A run reads, in order::
 
     RunStarted
-    ( StepStarted  (TextDelta | ModelRetry)*  ModelReplied
-      [ CodeProposed  (CodeSkipped | CellOutput* CellFinished ToolCalled*)  Observation ] )*
+    ( StepStarted  [PlanMade]  (TextDelta | ModelRetry)*  ModelReplied
+      [ CodeProposed  (CodeSkipped | (CellOutput | ToolCalled)* CellFinished)  Observation ] )*
     RunFinished
 
 ``KernelStatus`` and ``Notice`` may appear anywhere. Cell outputs are nbformat v4 output dicts
@@ -92,6 +92,13 @@ class RunStarted(Event):
     model: str
     #: 1 for the first run of an Agent, 2 for its first follow-up, ...
     turn: int = 1
+    #: The exact user message that starts this run (the task, with any context).
+    prompt: str = ""
+    #: The kernel's working directory.
+    workdir: str = ""
+    #: The host tools kernel code may call, as kernel-side specs (``Tool.kernel_spec()``:
+    #: name, doc, params, returns), so a transcript can define replay stubs for them.
+    tools: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -145,6 +152,9 @@ class CodeProposed(Event):
     code: str
     #: The reasoning text around the code blocks.
     reasoning: str = ""
+    #: The model's code when an approver edited it before it ran ("" when ``code`` is the
+    #: model's own).
+    original: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -188,7 +198,11 @@ class CellFinished(Event):
 
 @dataclass(frozen=True, kw_only=True)
 class ToolCalled(Event):
-    """Kernel code called a host tool."""
+    """Kernel code called a host tool (emitted when the call ends, while the cell runs).
+
+    ``result`` is the JSON value the kernel received; ``error`` is set instead when the call
+    failed or was refused.
+    """
 
     step: int
     name: str
@@ -200,6 +214,9 @@ class ToolCalled(Event):
 
 @dataclass(frozen=True, kw_only=True)
 class PlanMade(Event):
+    """The model's plan (or plan update), asked for before this step's reply when planning
+    is on."""
+
     step: int
     text: str
 

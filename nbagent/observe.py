@@ -11,7 +11,10 @@ A cell's nbformat outputs become one observation text (plus images for vision mo
   huge print cannot push the traceback out;
 * images attached for vision models (capped in size and number), a placeholder otherwise;
 * the whole wrapped in ``<output>`` tags that the system prompt tells the model to treat as data,
-  never as instructions (a CSV that says "ignore previous instructions" stays data).
+  never as instructions (a CSV that says "ignore previous instructions" stays data). Kernel text
+  cannot forge the frame: any ``<output`` or ``</output`` it contains (any case, any spacing)
+  becomes ``&lt;output`` / ``&lt;/output``, so the only closing tag is ours; the same holds
+  for kernel text in the header (a ``SystemExit`` message).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from typing import Any
 
 from nbagent.events import CellFinished
 
-__all__ = ["SUMMARY_MIME", "ObservationParts", "clean_text", "observe"]
+__all__ = ["SUMMARY_MIME", "ObservationParts", "clean_text", "escape_frame", "observe"]
 
 #: Private MIME type the kernel prelude attaches to DataFrames/Series/arrays: a short summary.
 SUMMARY_MIME = "text/x-nbagent-summary"
@@ -40,6 +43,7 @@ MAX_IMAGES = 4
 _ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _OBJECT_REPR = re.compile(r"^<[\w.]+ object(?: at 0x[0-9a-f]+)?>$")
+_FRAME_TAG = re.compile(r"<(\s*/?\s*output)", re.IGNORECASE)
 
 
 @dataclass
@@ -59,6 +63,11 @@ def clean_text(text: str) -> str:
         text = text.replace("\r\n", "\n")
         text = "\n".join(line.rsplit("\r", 1)[-1] for line in text.split("\n"))
     return _CONTROL.sub("", text)
+
+
+def escape_frame(text: str) -> str:
+    """Neutralise ``<output`` / ``</output`` in untrusted text, so it cannot end the frame."""
+    return _FRAME_TAG.sub(r"&lt;\1", text)
 
 
 def observe(
@@ -112,14 +121,14 @@ def observe(
                 pieces.append(prefix + text.rstrip("\n") + "\n")
     body = "".join(pieces)
     body, omitted = _bound(body, limit, cell.execution_count)
-    header = _header(cell)
+    header = escape_frame(_header(cell))
     parts = [header] if header else []
     inner = body.rstrip("\n")
     if error_text:
         inner = f"{inner}\n{error_text}" if inner else error_text
     if not inner:
         inner = "(no output)"
-    parts.append(f"<output>\n{inner}\n</output>")
+    parts.append(f"<output>\n{escape_frame(inner)}\n</output>")
     hint = _hint(cell)
     if hint:
         parts.append(hint)
@@ -131,7 +140,7 @@ def _header(cell: CellFinished) -> str:
     if cell.status == "ok":
         return f"Cell ran ({took})."
     if cell.status == "error":
-        return f"Cell raised an error ({took})."
+        return f"Cell raised an error ({took}){f': {cell.note}' if cell.note else ''}."
     note = cell.note or {
         "timeout": "timed out — interrupted",
         "died": "the kernel died and was restarted — state lost",

@@ -19,6 +19,7 @@ from nbagent.events import (
     ModelReplied,
     ModelRetry,
     Notice,
+    PlanMade,
     RunFinished,
     RunStarted,
     StepStarted,
@@ -96,6 +97,9 @@ class Progress:
             self._line(self._c(_YELLOW, f"step {event.step} · skipped: {event.reason}"))
         elif isinstance(event, CellFinished):
             self._cell(event)
+        elif isinstance(event, PlanMade):
+            plan = event.text if self.live else event.text.split("\n", 1)[0][:120]
+            self._line(self._c(_DIM, f"step {event.step} · plan: {plan}"))
         elif isinstance(event, ToolCalled):
             status = "error" if event.error else "ok"
             self._line(self._c(_DIM, f"step {event.step} · tool {event.name}() {status}"))

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from nbagent.actions import assistant_message, read_reply, refusals, tools_for
 from nbagent.errors import ModelResponseError
 from nbagent.events import (
     CellCleared,
@@ -26,6 +27,7 @@ from nbagent.events import (
     ModelReplied,
     ModelRetry,
     Observation,
+    PlanMade,
     RunStatus,
     StepStarted,
     TextDelta,
@@ -33,8 +35,7 @@ from nbagent.events import (
 )
 from nbagent.llm.base import Completion, ImagePart, Message, StreamRestart, TextPart
 from nbagent.observe import ANSWER_MIME, observe
-from nbagent.parsing import parse_reply
-from nbagent.prompts import corrective
+from nbagent.prompts import PLAN_CONTINUE, corrective, plan_request
 
 if TYPE_CHECKING:
     from nbagent.agent import Agent
@@ -84,8 +85,16 @@ class StepRunner:
         self.deadline = deadline
         #: What the model has not yet seen when the run ends on final_answer (for follow-ups).
         self.pending = ""
+        #: The id of the run_python call the next observation answers (tools format).
+        self._open_call: str | None = None
 
     async def run(self) -> None:
+        try:
+            await self._steps()
+        finally:
+            self._close_open_call()
+
+    async def _steps(self) -> None:
         agent = self.agent
         run_steps = 0
         correctives = 0
@@ -99,32 +108,63 @@ class StepRunner:
             agent.steps += 1
             step = agent.steps
             self.emit(StepStarted(step=step))
+            interval = agent.planning_interval
+            if interval and (run_steps - 1) % interval == 0:
+                await self._plan(step, first=run_steps == 1)
             completion = await self._ask_model(step)
-            agent.messages.append(Message("assistant", completion.text))
+            reading = read_reply(completion, agent.action, agent.tool_names)
+            agent.messages.append(assistant_message(completion, agent.action))
+            agent.messages.extend(refusals(reading.extra_calls))
+            self._open_call = reading.call_id
             self._check_budget()
-            parsed = parse_reply(completion.text)
             cut_off = completion.finish_reason == "length"
-            if cut_off or not (parsed.has_code or completion.text.strip()):
+            if cut_off or reading.problem or not (reading.has_code or completion.text.strip()):
                 correctives += 1
                 if correctives > 3:
                     raise Finish("failed", "the model kept sending replies that cannot be run")
-                self._tell(step, corrective("length" if cut_off else "empty"))
+                kind = "length" if cut_off else "empty"
+                problem = reading.problem if not cut_off else ""
+                self._tell(step, problem or corrective(kind, agent.action))
                 continue
             correctives = 0
-            if not parsed.has_code:
+            if not reading.has_code:
                 raise Finish("answered", "the model answered without code", completion.text.strip())
-            code = await self._approved(step, parsed.code)
+            code = await self._approved(step, reading.code)
             if code is None:
                 continue
-            self.emit(CodeProposed(step=step, code=code, reasoning=parsed.reasoning))
+            original = reading.code if code != reading.code else ""
+            self.emit(
+                CodeProposed(step=step, code=code, reasoning=reading.reasoning, original=original)
+            )
             cell = await self._execute(step, code)
             answer = find_answer(cell.outputs) if cell.status == "ok" else None
             if answer is not None:
                 seen = observe(cell, vision=False, limit=1_000).text
                 self.pending = f"{seen}\nYour final answer was given to the user: {answer}"
                 raise Finish("answered", "final_answer() was called", answer)
-            self._observe(cell)
+            self._observe(cell, edited=bool(original))
             self._check_deadline()
+
+    async def _plan(self, step: int, *, first: bool) -> None:
+        """One model call, no code: a short plan (or an update), kept in the conversation."""
+        agent = self.agent
+        agent.messages.append(Message("user", plan_request(first)))
+        completion = await self._ask_model(step, plan=True)
+        text = completion.text.strip() or "(no plan given)"
+        agent.messages.append(Message("assistant", text))
+        agent.messages.append(Message("user", PLAN_CONTINUE))
+        self.emit(PlanMade(step=step, text=text))
+        self._check_budget()
+
+    def _close_open_call(self) -> None:
+        """Answer a run_python call left open when the run ends, so the conversation stays
+        valid for a follow-up (the answer to final_answer goes there instead of ``pending``)."""
+        if self._open_call is None:
+            return
+        text = self.pending or "Not run: the run ended before this code ran."
+        self.agent.messages.append(Message("tool", text, tool_call_id=self._open_call))
+        self._open_call = None
+        self.pending = ""
 
     async def _approved(self, step: int, code: str) -> str | None:
         """The code to run after approval (None: skipped)."""
@@ -145,27 +185,43 @@ class StepRunner:
     def _tell(self, step: int, text: str) -> None:
         """An observation that is not about executed code (a correction, a skip)."""
         self.emit(Observation(step=step, text=text))
-        self.agent.messages.append(Message("user", text))
+        self._answer_model(text)
 
-    def _observe(self, cell: CellFinished) -> None:
+    def _answer_model(self, content: str | tuple[TextPart | ImagePart, ...]) -> None:
+        """The observation as the next message: a tool message answering the open call, or a
+        user message."""
+        if self._open_call is not None:
+            message = Message("tool", content, tool_call_id=self._open_call)
+            self._open_call = None
+        else:
+            message = Message("user", content)
+        self.agent.messages.append(message)
+
+    def _observe(self, cell: CellFinished, *, edited: bool = False) -> None:
         agent = self.agent
         parts = observe(cell, vision=agent.vision, limit=agent.observation_limit)
-        self.emit(Observation(step=cell.step, text=parts.text, images=len(parts.images)))
-        content: str | tuple[TextPart | ImagePart, ...] = parts.text
+        text = parts.text
+        if edited:  # the model must know what really ran, or it reasons about its own code
+            ran = f"```python\n{cell.code}\n```"
+            text = f"The user edited your code before it ran. What ran:\n{ran}\n{text}"
+        self.emit(Observation(step=cell.step, text=text, images=len(parts.images)))
+        content: str | tuple[TextPart | ImagePart, ...] = text
         if parts.images:
             images = (ImagePart(data=b64, media_type=media) for media, b64 in parts.images)
-            content = (TextPart(parts.text), *images)
-        agent.messages.append(Message("user", content))
+            content = (TextPart(text), *images)
+        self._answer_model(content)
 
-    async def _ask_model(self, step: int) -> Completion:
+    async def _ask_model(self, step: int, *, plan: bool = False) -> Completion:
+        """One model call; a plan call streams no text and reports no ``ModelReplied``."""
         agent = self.agent
         t0 = time.monotonic()
+        tools = tools_for(agent.action)
 
         async def ask() -> Completion:
             completion: Completion | None = None
-            async for item in agent.model.stream(agent.messages):
+            async for item in agent.model.stream(agent.messages, tools=tools):
                 if isinstance(item, str):
-                    if item:
+                    if item and not plan:
                         self.emit(TextDelta(step=step, text=item))
                 elif isinstance(item, StreamRestart):
                     self.emit(
@@ -194,6 +250,8 @@ class StepRunner:
             requests=max(usage.requests, 1),
         )
         agent.usage = agent.usage + usage
+        if plan:
+            return completion
         self.emit(
             ModelReplied(
                 step=step,
@@ -224,7 +282,11 @@ class StepRunner:
             else:
                 self.emit(CellOutput(step=step, index=index, output=output))
 
-        result = await kernel.aexecute(code, timeout=timeout, on_output=on_output)
+        host = self.agent.tool_host
+        handler = host.handler(step, self.emit) if host is not None else None
+        result = await kernel.aexecute(
+            code, timeout=timeout, on_output=on_output, stdin_handler=handler
+        )
         if result.state_lost:
             self.emit(KernelStatus(status="restarted", detail=result.note))
         cell = CellFinished(

@@ -5,10 +5,13 @@ run happened and re-executes in a plain ``python3`` kernel:
 
 * a markdown cell per task (follow-ups append theirs);
 * a first code cell that defines what the agent's kernel had and a plain kernel lacks
-  (``final_answer``), so re-execution works without nbagent;
+  (``final_answer``; for host tools, stubs that replay the results recorded during the run, per
+  tool in call order), so re-execution works without nbagent and without the host;
+* a markdown cell per plan, when planning is on;
 * per step, a markdown cell with the model's reasoning and a code cell with the code, its real
   outputs and execution count; ``metadata.nbagent`` holds step, duration, status, the raw reply
-  and the observation the model read (what ``--resume`` needs to restore the conversation);
+  and the observation the model read (what ``--resume`` needs to restore the conversation), and
+  for code a person edited before it ran, ``edited: true`` and the model's ``proposed_code``;
 * cells that raised carry the ``raises-exception`` tag; cells that timed out, killed the kernel
   or were skipped carry ``skip-execution`` (nbclient) and ``nbval-skip``, and say why, so a
   re-run cannot hang or die;
@@ -42,13 +45,16 @@ from nbagent.events import (
     Event,
     ModelReplied,
     Observation,
+    PlanMade,
     RunFinished,
     RunStarted,
+    ToolCalled,
 )
 from nbagent.observe import SUMMARY_MIME
 from nbagent.prelude import SETUP_CELL
+from nbagent.toolstubs import replay_setup
 
-__all__ = ["Transcript", "atomic_write_notebook"]
+__all__ = ["Transcript", "atomic_write_notebook", "read_transcript"]
 
 #: MIME types only the agent's own kernel produces; dropped so re-runs compare equal.
 PRIVATE_MIME = frozenset({SUMMARY_MIME})
@@ -81,9 +87,45 @@ class Transcript:
         self._replies: dict[int, str] = {}
         self._reasoning: dict[int, str] = {}
         self._code_cells: dict[int, Any] = {}
-        self._has_setup = False
+        self._originals: dict[int, str] = {}
+        self._setup: Any = None
+        self._tool_specs: dict[str, dict[str, Any]] = {}
+        self._tool_calls: dict[int, list[ToolCalled]] = {}
+        #: Per tool, the recorded outcomes of calls made by cells that re-execute, in order.
+        self._replay: dict[str, list[dict[str, Any]]] = {}
         #: The last autosave error, if any (the run goes on; the caller decides what to do).
         self.save_error: TranscriptError | None = None
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], *, autosave: bool = True) -> Transcript:
+        """Continue an existing transcript: new runs are appended to it (and saved there)."""
+        nb = read_transcript(path)
+        transcript = cls(path, autosave=autosave)
+        transcript.nb = nb
+        transcript._restore_tools()
+        return transcript
+
+    def _restore_tools(self) -> None:
+        """Pick up the setup cell, the tools and the replay queues of a loaded notebook."""
+        meta = self.nb.metadata.get("nbagent") or {}
+        for spec in meta.get("tools") or []:
+            if isinstance(spec, dict) and isinstance(spec.get("name"), str):
+                self._tool_specs.setdefault(spec["name"], dict(spec))
+        for cell in self.nb.cells:
+            info = cell.metadata.get("nbagent") or {}
+            if info.get("role") == "setup" and self._setup is None:
+                self._setup = cell
+            elif info.get("role") == "step" and not set(SKIP_TAGS) & set(
+                cell.metadata.get("tags", [])
+            ):
+                for call in info.get("tool_calls") or []:
+                    if isinstance(call, dict) and call.get("name") in self._tool_specs:
+                        outcome = {k: call[k] for k in ("result", "error") if k in call}
+                        self._replay.setdefault(call["name"], []).append(outcome)
+
+    def tool_replay_source(self) -> str:
+        """Source defining stubs that replay the recorded tool results ("" without tools)."""
+        return replay_setup(list(self._tool_specs.values()), self._replay)
 
     # -- the listener ----------------------------------------------------------------------
 
@@ -94,6 +136,17 @@ class Transcript:
             self._replies[event.step] = event.text
         elif isinstance(event, CodeProposed):
             self._reasoning[event.step] = event.reasoning
+            if event.original:
+                self._originals[event.step] = event.original
+        elif isinstance(event, ToolCalled):
+            self._tool_calls.setdefault(event.step, []).append(event)
+        elif isinstance(event, PlanMade):
+            self.nb.cells.append(
+                nbformat.v4.new_markdown_cell(
+                    f"**Plan**\n\n{event.text.strip()}",
+                    metadata={"nbagent": {"role": "plan", "step": event.step}},
+                )
+            )
         elif isinstance(event, CodeSkipped):
             self._code_cell(event.step, event.code, status="skipped", note=event.reason)
         elif isinstance(event, CellFinished):
@@ -116,6 +169,8 @@ class Transcript:
         meta["runs"].append(
             {"run_id": event.run_id, "task": event.task, "started": _iso(event.time)}
         )
+        if event.workdir:
+            meta["workdir"] = event.workdir
         meta.setdefault("model", event.model)
         meta.setdefault("task", event.task)
         meta.setdefault("started", _iso(event.time))
@@ -123,14 +178,21 @@ class Transcript:
         self.nb.cells.append(
             nbformat.v4.new_markdown_cell(
                 f"## {heading}\n\n{_quote(event.task)}\n\n*nbagent {__version__} · {event.model}*",
-                metadata={"nbagent": {"role": "task", "turn": event.turn}},
+                metadata={"nbagent": {"role": "task", "turn": event.turn, "prompt": event.prompt}},
             )
         )
-        if not self._has_setup:
-            self._has_setup = True
-            self.nb.cells.append(
-                nbformat.v4.new_code_cell(SETUP_CELL, metadata={"nbagent": {"role": "setup"}})
-            )
+        for spec in event.tools:
+            self._tool_specs.setdefault(spec["name"], dict(spec))
+        if self._tool_specs:
+            meta["tools"] = list(self._tool_specs.values())
+        if self._setup is None:
+            self._setup = nbformat.v4.new_code_cell("", metadata={"nbagent": {"role": "setup"}})
+            self.nb.cells.append(self._setup)
+        self._refresh_setup()
+
+    def _refresh_setup(self) -> None:
+        specs = list(self._tool_specs.values())
+        self._setup.source = SETUP_CELL + replay_setup(specs, self._replay)
 
     def _markdown_reasoning(self, step: int, text: str) -> None:
         if text.strip():
@@ -147,6 +209,9 @@ class Transcript:
             meta["reply"] = self._replies.pop(step)
         if note:
             meta["note"] = note
+        if step in self._originals:  # an approver edited the model's code; this is what ran
+            meta["edited"] = True
+            meta["proposed_code"] = self._originals.pop(step)
         cell = nbformat.v4.new_code_cell(code, metadata={"nbagent": meta})
         if status == "skipped":
             cell.metadata["tags"] = list(SKIP_TAGS)
@@ -168,6 +233,25 @@ class Transcript:
         elif event.status in ("timeout", "died"):
             cell.metadata["tags"] = list(SKIP_TAGS)
             meta["skip_reason"] = event.note or event.status
+        self._record_tools(event.step, replayed=event.status in ("ok", "error"))
+
+    def _record_tools(self, step: int, *, replayed: bool) -> None:
+        """Keep the step's tool calls in its cell's metadata and, when the cell re-executes,
+        in the setup cell's replay queues."""
+        calls = self._tool_calls.pop(step, [])
+        if not calls:
+            return
+        meta = self._code_cells[step].metadata["nbagent"]
+        meta["tool_calls"] = [_call_record(c) for c in calls]
+        if not replayed:
+            return
+        for call in calls:
+            if call.name in self._tool_specs:
+                outcome = (
+                    {"error": call.error} if call.error is not None else {"result": call.result}
+                )
+                self._replay.setdefault(call.name, []).append(outcome)
+        self._refresh_setup()
 
     def _reply_only(self, step: int, observation: str) -> None:
         reply = self._replies.pop(step, "")
@@ -205,21 +289,18 @@ class Transcript:
             {"status": event.status, "answer": event.answer, "steps": event.steps}
         )
         # A reply without code that ended the run is the answer: keep its text as reasoning.
+        answer_meta: dict[str, Any] = {"role": "answer", "status": event.status}
         leftover = [s for s in self._replies if s not in self._code_cells]
         for step in leftover:
             if event.status == "answered" and event.answer is not None:
-                self._replies.pop(step)
+                answer_meta.update(step=step, reply=self._replies.pop(step))
             else:
                 self._reply_only(step, "")
         if event.status == "answered":
             body = f"## Answer\n\n{event.answer}"
         else:
             body = f"## Run ended: {event.status}\n\n{_quote(event.reason)}"
-        self.nb.cells.append(
-            nbformat.v4.new_markdown_cell(
-                body, metadata={"nbagent": {"role": "answer", "status": event.status}}
-            )
-        )
+        self.nb.cells.append(nbformat.v4.new_markdown_cell(body, metadata={"nbagent": answer_meta}))
 
     # -- saving --------------------------------------------------------------------------------
 
@@ -280,6 +361,30 @@ def atomic_write_notebook(nb: nbformat.NotebookNode, path: str | os.PathLike[str
                 os.unlink(tmp)
 
 
+def read_transcript(
+    path: str | os.PathLike[str], *, require_nbagent: bool = True
+) -> nbformat.NotebookNode:
+    """Read and validate a notebook; with ``require_nbagent``, it must be an nbagent transcript."""
+    target = Path(path)
+    try:
+        nb = nbformat.read(target, as_version=4)
+    except FileNotFoundError:
+        raise TranscriptError(f"no such notebook: {target}") from None
+    except IsADirectoryError:
+        raise TranscriptError(f"{target} is a directory, not a notebook") from None
+    except OSError as exc:
+        raise TranscriptError(f"cannot read {target}: {exc.strerror or exc}") from None
+    except Exception as exc:  # nbformat raises several types for malformed JSON
+        raise TranscriptError(f"{target} is not a readable notebook: {exc}") from None
+    try:
+        nbformat.validate(nb)
+    except nbformat.ValidationError as exc:
+        raise TranscriptError(f"{target} is not a valid notebook: {exc.message}") from None
+    if require_nbagent and "nbagent" not in nb.metadata:
+        raise TranscriptError(f"{target} is a notebook, but not an nbagent transcript")
+    return nb
+
+
 def _clean_output(output: dict[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(dict(output))
     out.pop("transient", None)
@@ -289,6 +394,16 @@ def _clean_output(output: dict[str, Any]) -> dict[str, Any]:
             del data[mime]
             out.get("metadata", {}).pop(mime, None)
     return nbformat.from_dict(out)
+
+
+def _call_record(call: ToolCalled) -> dict[str, Any]:
+    record: dict[str, Any] = {"name": call.name, "arguments": call.arguments}
+    if call.error is not None:
+        record["error"] = call.error
+    else:
+        record["result"] = call.result
+    record["duration"] = round(call.duration, 3)
+    return record
 
 
 def _quote(text: str) -> str:

@@ -94,7 +94,9 @@ def kernel_backend(request: pytest.FixtureRequest) -> str:
 def _new_session(kind: str, request: pytest.FixtureRequest, **kwargs: Any) -> KernelSession:
     if kind == "gateway":
         server = request.getfixturevalue("kernel_gateway")
-        return KernelSession(gateway=server.gateway(), **kwargs)
+        # as Agent does: the names passed on purpose go to the remote kernel too
+        forward = (*kwargs.get("env_passthrough", ()), *(kwargs.get("extra_env") or {}))
+        return KernelSession(backend=server.backend(forward_env=forward), **kwargs)
     return KernelSession(**kwargs)
 
 

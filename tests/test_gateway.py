@@ -19,11 +19,13 @@ from typing import Any
 
 import pytest
 
+from nbagent.agent import Agent
 from nbagent.errors import ConfigError, KernelDiedError, KernelStartupError
 from nbagent.kernel.gateway import ENV_TOKEN, ENV_URL, Gateway, GatewayBackend
 from nbagent.kernel.session import KernelSession
 from tests.gateway_fixtures import KernelGatewayServer, TcpProxy
 from tests.kernel_fixtures import stream_text, wait_until
+from tests.llm_fixtures import ScriptedServer, scripted_model
 
 
 @pytest.fixture
@@ -51,7 +53,7 @@ def _value(session: KernelSession, expr: str) -> str:
 def test_a_kernel_runs_on_the_gateway_and_is_deleted_at_shutdown(
     kernel_gateway: KernelGatewayServer, sessions: list[KernelSession]
 ) -> None:
-    k = KernelSession(gateway=kernel_gateway.gateway())
+    k = KernelSession(backend=kernel_gateway.backend())
     sessions.append(k)
     k.start()
     kernel_id = k.backend.kernel_id  # type: ignore[attr-defined]
@@ -69,7 +71,7 @@ def test_bad_token_fails_clearly(
 ) -> None:
     monkeypatch.setenv(ENV_TOKEN, "wrong-token-0123456789")
     before = kernel_gateway.kernel_ids()
-    k = KernelSession(gateway=kernel_gateway.url)
+    k = KernelSession(backend=GatewayBackend(kernel_gateway.url))
     with pytest.raises(KernelStartupError) as info:
         k.start()
     message = str(info.value)
@@ -84,7 +86,7 @@ def test_missing_token_says_one_is_needed(
 ) -> None:
     monkeypatch.delenv(ENV_TOKEN, raising=False)
     with pytest.raises(KernelStartupError, match=f"it needs a token: set {ENV_TOKEN}"):
-        KernelSession(gateway=kernel_gateway.url).start()
+        KernelSession(backend=GatewayBackend(kernel_gateway.url)).start()
 
 
 def test_unreachable_gateway_fails_fast_and_names_it() -> None:
@@ -93,7 +95,9 @@ def test_unreachable_gateway_fails_fast_and_names_it() -> None:
         port = s.getsockname()[1]  # nothing listens here once the socket is closed
     t = time.monotonic()
     with pytest.raises(KernelStartupError) as info:
-        KernelSession(gateway=Gateway(f"http://127.0.0.1:{port}", token="t0ken-xyz")).start()
+        KernelSession(
+            backend=Gateway(f"http://127.0.0.1:{port}", token="t0ken-xyz").backend()
+        ).start()
     assert time.monotonic() - t < 15
     assert f"cannot reach the kernel gateway at http://127.0.0.1:{port}" in str(info.value)
     assert ENV_URL in str(info.value) and "t0ken-xyz" not in str(info.value)
@@ -102,7 +106,7 @@ def test_unreachable_gateway_fails_fast_and_names_it() -> None:
 def test_unknown_kernelspec_names_what_the_gateway_has(
     kernel_gateway: KernelGatewayServer,
 ) -> None:
-    k = KernelSession(gateway=kernel_gateway.gateway(kernel_name="no-such-kernel"))
+    k = KernelSession(backend=kernel_gateway.backend(kernel_name="no-such-kernel"))
     with pytest.raises(KernelStartupError) as info:
         k.start()
     message = str(info.value)
@@ -130,7 +134,7 @@ def test_a_launch_that_never_answers_hits_the_launch_timeout() -> None:
 
 def test_a_kernel_that_never_answers_is_deleted(kernel_gateway: KernelGatewayServer) -> None:
     before = kernel_gateway.kernel_ids()
-    k = KernelSession(gateway=kernel_gateway.gateway(kernel_name="sleeper"), startup_timeout=3)
+    k = KernelSession(backend=kernel_gateway.backend(kernel_name="sleeper"), startup_timeout=3)
     t = time.monotonic()
     with pytest.raises(KernelStartupError, match=r"was not ready within 3 s of starting"):
         k.start()
@@ -150,7 +154,15 @@ def test_a_kernel_that_never_answers_is_deleted(kernel_gateway: KernelGatewaySer
         ),
         (lambda: Gateway("http://host:1", kernel_name=" "), "kernel name is empty"),
         (lambda: Gateway.from_env(None, kernel_name="python3"), "a kernel name needs a gateway"),
-        (lambda: KernelSession(gateway="http://h:1", kernel_cmd=["x"]), "local backend only"),
+        (
+            lambda: Agent(
+                "openai:x",
+                base_url="http://127.0.0.1:9",
+                gateway="http://h:1",
+                kernel_options={"backend": object()},
+            ),
+            "either a gateway or a backend",
+        ),
     ],
 )
 def test_bad_gateway_settings_are_config_errors(
@@ -164,8 +176,9 @@ def test_bad_gateway_settings_are_config_errors(
 
 def test_only_kernel_variables_and_named_ones_are_sent(
     kernel_gateway: KernelGatewayServer,
-    sessions: list[KernelSession],
+    scripted_openai: ScriptedServer,
     monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> None:
     monkeypatch.setenv("KERNEL_TEST_SETTING", "kernel-visible")
     monkeypatch.setenv("KERNEL_API_TOKEN", "kernel-secret-value")  # KERNEL_* but a secret
@@ -173,19 +186,24 @@ def test_only_kernel_variables_and_named_ones_are_sent(
     monkeypatch.setenv("OPENAI_API_KEY", "sk-secret-0123456789abcdef")
     monkeypatch.setenv("ORDINARY_HOST_SETTING", "stays-home")
     monkeypatch.setenv(ENV_TOKEN, kernel_gateway.token)
-    k = KernelSession(gateway=kernel_gateway.url, env_passthrough=["NBAGENT_TEST_FORWARDED"])
-    sessions.append(k)
-    k.start()
-    sent = k.backend.kernel_env  # type: ignore[attr-defined]
+    agent = Agent(
+        scripted_model(scripted_openai),
+        workdir=tmp_path,
+        gateway=kernel_gateway.url,  # the token comes from the environment
+        env=["NBAGENT_TEST_FORWARDED"],
+    )
+    with agent:
+        k = agent.kernel
+        assert k is not None
+        r = k.execute("import os, json\nprint(json.dumps(dict(os.environ)))")
+        sent = k.backend.kernel_env  # type: ignore[attr-defined]
     assert sent["KERNEL_TEST_SETTING"] == "kernel-visible"
     assert sent["NBAGENT_TEST_FORWARDED"] == "forwarded-on-purpose"
     assert sent["KERNEL_LAUNCH_TIMEOUT"] == "40"
     assert set(sent) - {"NBAGENT_TEST_FORWARDED"} == {n for n in sent if n.startswith("KERNEL_")}
     for value in ("kernel-secret-value", "sk-secret", "stays-home", kernel_gateway.token):
         assert value not in json.dumps(sent)
-    seen = json.loads(
-        stream_text(k.execute("import os, json\nprint(json.dumps(dict(os.environ)))"))
-    )
+    seen = json.loads(stream_text(r))
     assert seen["KERNEL_TEST_SETTING"] == "kernel-visible"
     assert seen["NBAGENT_TEST_FORWARDED"] == "forwarded-on-purpose"  # on the gateway's whitelist
     assert "ORDINARY_HOST_SETTING" not in seen and "OPENAI_API_KEY" not in seen
@@ -231,7 +249,7 @@ def test_requests_sent_while_disconnected_wait_for_the_socket(
 def test_a_kernel_deleted_behind_our_back_is_replaced_and_reported(
     kernel_gateway: KernelGatewayServer, sessions: list[KernelSession]
 ) -> None:
-    k = KernelSession(gateway=kernel_gateway.gateway())
+    k = KernelSession(backend=kernel_gateway.backend())
     sessions.append(k)
     k.start()
     k.execute("lost = 1")
@@ -270,13 +288,13 @@ def test_the_token_is_never_logged(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    k = KernelSession(gateway=kernel_gateway.gateway())
+    k = KernelSession(backend=kernel_gateway.backend())
     sessions.append(k)
     k.start()
     k.execute("print('hello')")
     k.shutdown()
     with pytest.raises(KernelStartupError):
-        KernelSession(gateway=kernel_gateway.gateway(token="bad-token-abcdef")).start()
+        KernelSession(backend=kernel_gateway.backend(token="bad-token-abcdef")).start()
     assert "> GET /api/kernels/" in caplog.text, "websockets' handshake log was not captured"
     assert "Authorization: token ***" in caplog.text
     assert kernel_gateway.token not in caplog.text and "bad-token-abcdef" not in caplog.text
@@ -284,9 +302,10 @@ def test_the_token_is_never_logged(
 
 HOST = """
 import json, sys, time
+from nbagent.kernel.gateway import GatewayBackend
 from nbagent.kernel.session import KernelSession
 
-k = KernelSession(gateway=sys.argv[2])
+k = KernelSession(backend=GatewayBackend(sys.argv[2]))
 k.start()
 print(json.dumps({"kernel": k.backend.kernel_id}), flush=True)
 if sys.argv[1] == "exception":

@@ -47,6 +47,7 @@ from jupyter_client.session import Session
 
 from nbagent.errors import ConfigError, KernelStartupError
 from nbagent.kernel import _reaper
+from nbagent.kernel._limits import pid_alive
 from nbagent.kernel.base import Channel, KernelMessage
 
 __all__ = ["DEFAULT_KERNEL_CMD", "LocalBackend"]
@@ -63,6 +64,8 @@ DEFAULT_KERNEL_CMD: tuple[str, ...] = (
 )
 
 _DELIM = b"<IDS|MSG>"
+#: The monitor event after which a peer's routing identity is known (older libzmq: connected).
+_HANDSHAKE: int = getattr(zmq, "EVENT_HANDSHAKE_SUCCEEDED", zmq.EVENT_CONNECTED)
 _SOCKET_TYPES: dict[Channel, int] = {
     "shell": zmq.DEALER,
     "control": zmq.DEALER,
@@ -93,21 +96,11 @@ def _runtime_base() -> Path | None:
     return base
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _sweep_stale(base: Path) -> None:
     """Remove runtime dirs whose host process no longer exists (it was SIGKILLed)."""
     for entry in base.iterdir():
         pid_text = entry.name.split("-", 1)[0]
-        if pid_text.isdigit() and int(pid_text) != os.getpid() and not _pid_alive(int(pid_text)):
+        if pid_text.isdigit() and int(pid_text) != os.getpid() and not pid_alive(int(pid_text)):
             shutil.rmtree(entry, ignore_errors=True)
 
 
@@ -166,6 +159,8 @@ class LocalBackend:
         self._pgid: int | None = None
         self._sockets: dict[Channel, zmq.asyncio.Socket] = {}
         self._readers: list[asyncio.Task[None]] = []
+        #: Reports when the stdin socket's ZMTP handshake is done (see ``_wait_ready``).
+        self._stdin_monitor: zmq.asyncio.Socket | None = None
         self._queue: asyncio.Queue[KernelMessage] = asyncio.Queue()
         self._session: Session | None = None
         self._auth: hmac.HMAC | None = None
@@ -274,6 +269,8 @@ class LocalBackend:
                 sock.setsockopt(zmq.SUBSCRIBE, b"")
             else:
                 sock.setsockopt(zmq.IDENTITY, self._session.bsession)
+            if channel == "stdin":
+                self._stdin_monitor = sock.get_monitor_socket(_HANDSHAKE)
             sock.connect(f"ipc://{info['ip']}-{info[port_key]}")
             self._sockets[channel] = sock  # type: ignore[index]
             self._readers.append(asyncio.ensure_future(self._read(channel, sock)))  # type: ignore[arg-type]
@@ -334,6 +331,27 @@ class LocalBackend:
                         published = published or msg["channel"] == "iopub"
         # Replies to the repeated kernel_info requests may still arrive: the session filters
         # every message by its parent msg_id, so they are harmless.
+        await self._wait_stdin()
+
+    async def _wait_stdin(self) -> None:
+        """Wait until the stdin socket is connected. The kernel's stdin ROUTER silently drops
+        an ``input_request`` addressed to a peer it has not met yet, and our DEALER may connect
+        a reconnect interval (~0.1 s) after shell does, when the kernel binds late: code that
+        asks for input at once (a tool call) would then wait for a reply that never comes."""
+        monitor, self._stdin_monitor = self._stdin_monitor, None
+        sock = self._sockets.get("stdin")
+        if monitor is None or sock is None:
+            return
+        try:
+            while True:
+                frames = await monitor.recv_multipart()
+                event = int.from_bytes(frames[0][:2], "little") if frames and frames[0] else 0
+                if event & _HANDSHAKE:
+                    return
+        finally:
+            with contextlib.suppress(zmq.ZMQError):
+                sock.disable_monitor()
+            monitor.close(linger=0)
 
     async def send(
         self,
@@ -438,6 +456,9 @@ class LocalBackend:
         for task in self._readers:
             task.cancel()
         self._readers = []
+        if self._stdin_monitor is not None:
+            self._stdin_monitor.close(linger=0)
+            self._stdin_monitor = None
         for sock in self._sockets.values():
             sock.close(linger=0)
         self._sockets = {}

@@ -26,7 +26,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from nbagent._sync import sync_method
 from nbagent.errors import (
@@ -37,9 +37,11 @@ from nbagent.errors import (
     TransferError,
 )
 from nbagent.kernel import _reaper
+from nbagent.kernel._limits import sweep_cgroups
 from nbagent.kernel.base import ExecStatus, ExecutionResult, KernelBackend, OutputCallback
 from nbagent.kernel.env import scrub_env
-from nbagent.kernel.local import LocalBackend
+from nbagent.kernel.limits import ResourceLimits
+from nbagent.kernel.local import DEFAULT_KERNEL_CMD, LocalBackend
 from nbagent.kernel.outputs import OutputAssembler, OutputLimits
 from nbagent.kernel.transfer import (
     TRANSFER_MIME,
@@ -49,9 +51,6 @@ from nbagent.kernel.transfer import (
     host_formats,
 )
 from nbagent.kernel.upload import DataFile, collect_data, upload_files
-
-if TYPE_CHECKING:
-    from nbagent.kernel.gateway import Gateway
 
 __all__ = ["KernelSession", "StdinHandler"]
 
@@ -105,11 +104,10 @@ class KernelSession:
             removed at shutdown).
         backend: Another transport (e.g. a gateway). Default: a local ipykernel process.
         shutdown_timeout: Seconds a kernel gets to honour a shutdown request before SIGTERM.
-        gateway: Run the kernel on this Kernel Gateway / Enterprise Gateway (a URL or a
-            :class:`~nbagent.kernel.gateway.Gateway`); ``env_passthrough`` and ``extra_env``
-            names are forwarded to it with the ``KERNEL_*`` variables.
-        data: Files and directories to put into the kernel's working directory after every
-            start (checked now; see :mod:`nbagent.kernel.upload`).
+        resource_limits: Memory, CPU, process, open-file and file-size bounds for a local
+            kernel (see :mod:`nbagent.kernel.limits`); a ConfigError with another backend.
+        data: Files and directories uploaded into the kernel's working directory after every
+            start (checked now; :mod:`nbagent.kernel.upload`).
     """
 
     def __init__(
@@ -128,17 +126,17 @@ class KernelSession:
         log_path: str | os.PathLike[str] | None = None,
         backend: KernelBackend | None = None,
         shutdown_timeout: float = 5.0,
-        gateway: str | Gateway | None = None,
+        resource_limits: ResourceLimits | None = None,
         data: Sequence[str | os.PathLike[str] | DataFile] = (),
     ) -> None:
-        if gateway is not None:
-            if backend is not None:
-                raise ConfigError("give either a gateway or a backend, not both")
-            backend = _gateway_backend(gateway, (*env_passthrough, *(extra_env or {})))
         if backend is not None and (kernel_cmd is not None or log_path is not None):
             raise ConfigError("kernel_cmd and log_path apply to the local backend only")
         if min(max_output_chars, max_outputs, max_output_bytes) < 2:
             raise ConfigError("output limits must be at least 2")
+        self.resource_limits = resource_limits or ResourceLimits()
+        self.resource_limits.check_backend(backend)
+        if self.resource_limits:
+            kernel_cmd = self.resource_limits.wrap(kernel_cmd or DEFAULT_KERNEL_CMD)
         self._backend: KernelBackend = backend or LocalBackend(kernel_cmd, log_path=log_path)
         self._cwd = os.path.abspath(os.fspath(cwd) if cwd is not None else os.getcwd())
         self._passthrough = tuple(env_passthrough)
@@ -271,7 +269,11 @@ class KernelSession:
         if self._closed:
             return
         self._closed = True
-        await self._backend.shutdown(timeout=self.shutdown_timeout if self._started else 0)
+        try:
+            await self._backend.shutdown(timeout=self.shutdown_timeout if self._started else 0)
+        finally:
+            if self.resource_limits.processes is not None:
+                sweep_cgroups()
 
     start = sync_method(astart)
     restart = sync_method(arestart)
@@ -331,7 +333,7 @@ class KernelSession:
         notes: list[str] = []
         state_lost = False
         if self._dead_reason or not self._backend.is_alive():
-            how = self._backend.describe_exit()
+            how = self._describe_exit()
             if not await self._restart():
                 raise KernelDiedError(f"the kernel is dead and restart failed: {self._dead_reason}")
             state_lost = True
@@ -389,6 +391,9 @@ class KernelSession:
                     f"the code raised SystemExit({error.get('evalue', '')}); "
                     "the kernel is still running"
                 )
+            breach = self.resource_limits.explain_error(error)
+            if breach:
+                notes.append(f"{breach} — the kernel is still running")
         if reply is not None and isinstance(reply.get("execution_count"), int):
             self._execution_count = reply["execution_count"]
         extra: dict[str, Any] = {}
@@ -406,8 +411,12 @@ class KernelSession:
             extra=extra,
         )
 
+    def _describe_exit(self) -> str:
+        """How the kernel ended, naming the resource limit that ended it when one did."""
+        return self.resource_limits.explain_exit(self._backend.describe_exit())
+
     async def _after_death(self, notes: list[str], *, restart_note: bool = True) -> None:
-        how = self._backend.describe_exit()
+        how = self._describe_exit()
         if self._closed:
             notes.append("the session was shut down")
             return
@@ -512,7 +521,7 @@ class KernelSession:
             if outcome == "done":
                 raise KernelError(f"the request did not finish within {_fmt(timeout)}; interrupted")
         if outcome != "done" or reply is None:
-            how = self._backend.describe_exit() or "hung past the interrupt"
+            how = self._describe_exit() or "hung past the interrupt"
             raise _KernelGone(f"the kernel stopped answering ({how})")
         return reply
 
@@ -568,12 +577,6 @@ class KernelSession:
 
     push = sync_method(apush)
     pull = sync_method(apull)
-
-
-def _gateway_backend(gateway: str | Gateway, forward: Sequence[str]) -> KernelBackend:
-    from nbagent.kernel.gateway import Gateway
-
-    return Gateway.coerce(gateway).backend(forward_env=forward)
 
 
 def _error_of(reply: dict[str, Any] | None) -> dict[str, Any] | None:

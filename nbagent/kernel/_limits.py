@@ -1,0 +1,235 @@
+"""The kernel launcher that applies resource limits, then becomes the kernel.
+
+Run by path, before the kernel, as the first words of the kernel command::
+
+    python -I -S .../nbagent/kernel/_limits.py --data N --as N --cpu N --nproc N \
+        --nofile N --fsize N -- python -m ipykernel_launcher -f kernel.json ...
+
+It sets the limits with ``setrlimit`` and then ``execvp``\\ s the kernel command, so the kernel
+keeps this process's pid: the host's ``Popen`` object, signals to the process group and
+ipykernel's parent polling (``JPY_PARENT_PID`` must equal the kernel's parent pid) all see the
+kernel itself. Limits set this way cannot be lifted by the kernel (hard limits), unlike limits set
+by kernel code, and a launcher works for any kernel command, unlike ``preexec_fn`` (which is
+unsafe with threads in the host and not available to a remote launcher).
+
+It is standard library only and runs isolated (``-I -S``): it must not import nbagent, whose
+package may not be importable by path from the kernel's environment. The host side (option
+names, sizes, meaning) is :mod:`nbagent.kernel.limits`; this file only applies numbers.
+
+Processes (``--nproc``): ``RLIMIT_NPROC`` counts every process *and thread of the user*, and
+does not apply to root at all. So the launcher first tries a cgroup ``pids`` controller it may
+write to (cgroup v1 or v2): a child group ``nbagent-<pid>`` of its own group with ``pids.max``,
+an exact bound on the kernel's process tree. Failing that, for a non-root user, it sets
+``RLIMIT_NPROC`` to the user's current task count plus N. For root without a writable cgroup
+it refuses to start (exit 2) rather than pretend.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import os
+import resource
+import signal
+import sys
+
+#: Prefix of the cgroups this launcher creates (``nbagent-<kernel pid>``).
+CGROUP_PREFIX = "nbagent-"
+#: Seconds between SIGXCPU (soft CPU limit) and SIGKILL (hard limit).
+CPU_GRACE = 5
+_PR_CAPBSET_DROP = 24
+_CAP_SYS_RESOURCE = 24
+
+
+def _fail(message: str) -> None:
+    sys.stderr.write(f"nbagent limits: {message}\n")
+    sys.stderr.flush()
+    raise SystemExit(2)
+
+
+def _own_cgroup_dirs(controller: str) -> list[str]:
+    """Directories of this process's own cgroup in every hierarchy that has ``controller``."""
+    groups: dict[str, str] = {}  # hierarchy controllers ("" for v2) -> path
+    with contextlib.suppress(OSError), open("/proc/self/cgroup") as f:
+        for line in f:
+            parts = line.rstrip("\n").split(":", 2)
+            if len(parts) == 3:
+                groups[parts[1]] = parts[2]
+    found: list[str] = []
+    with contextlib.suppress(OSError), open("/proc/self/mountinfo") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            fields, rfields = left.split(), right.split()
+            if len(fields) < 5 or len(rfields) < 3:
+                continue
+            root, mount, fstype, options = fields[3], fields[4], rfields[0], rfields[2]
+            if fstype == "cgroup2":
+                path = groups.get("")
+            elif fstype == "cgroup" and controller in options.split(","):
+                path = next(
+                    (p for names, p in groups.items() if controller in names.split(",")), None
+                )
+            else:
+                continue
+            if path is None or not (path + "/").startswith(root.rstrip("/") + "/"):
+                continue
+            rel = path[len(root.rstrip("/")) :].lstrip("/")
+            found.append(os.path.join(mount, rel) if rel else mount)
+    return found
+
+
+def pid_alive(pid: int) -> bool:
+    """True if a process with this pid exists (ours or another user's)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_cgroups() -> int:
+    """Remove empty ``nbagent-<pid>`` cgroups whose kernel is gone; return how many."""
+    removed = 0
+    for parent in _own_cgroup_dirs("pids"):
+        with contextlib.suppress(OSError):
+            for name in os.listdir(parent):
+                pid = name[len(CGROUP_PREFIX) :]
+                if name.startswith(CGROUP_PREFIX) and pid.isdigit() and not pid_alive(int(pid)):
+                    with contextlib.suppress(OSError):  # EBUSY while a child still lives
+                        os.rmdir(os.path.join(parent, name))
+                        removed += 1
+    return removed
+
+
+def _write(path: str, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def _join_pids_cgroup(limit: int) -> str | None:
+    """Move this process into a new cgroup with ``pids.max = limit``; its path, or None."""
+    sweep_cgroups()
+    for parent in _own_cgroup_dirs("pids"):
+        group = os.path.join(parent, f"{CGROUP_PREFIX}{os.getpid()}")
+        try:
+            os.mkdir(group, 0o755)
+        except OSError:
+            continue
+        try:
+            _write(os.path.join(group, "pids.max"), str(limit))
+            _write(os.path.join(group, "cgroup.procs"), str(os.getpid()))
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.rmdir(group)
+            continue
+        return group
+    return None
+
+
+def _user_tasks(uid: int) -> int:
+    """Processes and threads whose real uid is ``uid`` (what RLIMIT_NPROC counts)."""
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        uid_ok, threads = False, 1
+        try:
+            with open(f"/proc/{entry}/status") as f:
+                for line in f:
+                    if line.startswith("Uid:"):
+                        uid_ok = int(line.split()[1]) == uid
+                    elif line.startswith("Threads:"):
+                        threads = int(line.split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if uid_ok:
+            total += threads
+    return total
+
+
+def _set(which: int, soft: int, hard: int | None = None) -> str:
+    """Set a limit, never above the hard limit the launcher inherited; say what was set."""
+    hard = soft if hard is None else hard
+    _, old_hard = resource.getrlimit(which)
+    if old_hard != resource.RLIM_INFINITY:
+        soft, hard = min(soft, old_hard), min(hard, old_hard)
+    resource.setrlimit(which, (soft, hard))
+    return str(soft)
+
+
+def _limit_processes(n: int) -> str:
+    group = _join_pids_cgroup(n)
+    if group is not None:
+        return f"pids.max={n} in cgroup {group}"
+    if os.geteuid() == 0:
+        _fail(
+            f"cannot limit processes to {n}: RLIMIT_NPROC does not apply to root and no "
+            "cgroup pids controller is writable (run as another user, in a container, or "
+            "without --max-procs)"
+        )
+    base = _user_tasks(os.getuid())
+    _set(resource.RLIMIT_NPROC, base + n)
+    return f"RLIMIT_NPROC={base + n} (the user's {base} tasks + {n})"
+
+
+def _drop_cap_sys_resource() -> None:
+    """As root, keep the kernel from raising its own hard limits (best effort)."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_CAPBSET_DROP, _CAP_SYS_RESOURCE, 0, 0, 0)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--" not in argv:
+        _fail(
+            "usage: _limits.py [--data N] [--as N] [--cpu N] [--nproc N] [--nofile N] "
+            "[--fsize N] -- KERNEL COMMAND ..."
+        )
+    cut = argv.index("--")
+    parser = argparse.ArgumentParser(prog="nbagent-limits")
+    for name in ("data", "as", "cpu", "nproc", "nofile", "fsize"):
+        parser.add_argument(f"--{name}", type=int, default=None)
+    opts = vars(parser.parse_args(argv[:cut]))
+    command = argv[cut + 1 :]
+    if not command:
+        _fail("no kernel command after --")
+    applied: list[str] = []
+    try:
+        if opts["nproc"] is not None:
+            applied.append(_limit_processes(opts["nproc"]))
+        if opts["data"] is not None:
+            applied.append("RLIMIT_DATA=" + _set(resource.RLIMIT_DATA, opts["data"]))
+            # glibc reserves 64 MB of address space per malloc arena, up to 8 per core.
+            os.environ.setdefault("MALLOC_ARENA_MAX", "4")
+        if opts["as"] is not None:
+            applied.append("RLIMIT_AS=" + _set(resource.RLIMIT_AS, opts["as"]))
+        if opts["cpu"] is not None:
+            cpu = opts["cpu"]
+            applied.append("RLIMIT_CPU=" + _set(resource.RLIMIT_CPU, cpu, cpu + CPU_GRACE))
+        if opts["nofile"] is not None:
+            applied.append("RLIMIT_NOFILE=" + _set(resource.RLIMIT_NOFILE, opts["nofile"]))
+        if opts["fsize"] is not None:
+            applied.append("RLIMIT_FSIZE=" + _set(resource.RLIMIT_FSIZE, opts["fsize"]))
+        _set(resource.RLIMIT_CORE, 0)  # a killed kernel must not drop a core file in the run dir
+    except (OSError, ValueError) as exc:
+        _fail(f"could not set a limit: {exc}")
+    if os.geteuid() == 0:
+        _drop_cap_sys_resource()
+    # Python ignores SIGPIPE and SIGXFSZ; give the kernel the defaults, as Popen would.
+    for sig in ("SIGPIPE", "SIGXFSZ"):
+        if hasattr(signal, sig):
+            signal.signal(getattr(signal, sig), signal.SIG_DFL)
+    sys.stderr.write(f"nbagent limits: {', '.join(applied) or 'none'}\n")
+    sys.stderr.flush()
+    try:
+        os.execvp(command[0], command)
+    except OSError as exc:
+        _fail(f"cannot run {command[0]!r}: {exc}")
+
+
+if __name__ == "__main__":
+    main()
