@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import nbformat
-import pytest
 
 from nbagent.agent import Agent
 from nbagent.replay import replay
@@ -62,7 +61,6 @@ def test_a_run_with_an_error_reexecutes_under_nbclient(
 def test_nbval_passes_on_a_generated_transcript(
     scripted_openai: ScriptedServer, tmp_path: Path
 ) -> None:
-    pytest.importorskip("nbval")
     path = _record(scripted_openai, tmp_path, *RUN_WITH_ERROR)
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "--nbval", "-p", "no:cacheprovider", "-q", str(path)],
