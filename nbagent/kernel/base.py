@@ -9,6 +9,7 @@ websocket. Both satisfy :class:`KernelBackend`.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -20,6 +21,7 @@ __all__ = [
     "KernelBackend",
     "KernelMessage",
     "OutputCallback",
+    "drain",
 ]
 
 ExecStatus = Literal["ok", "error", "timeout", "died"]
@@ -131,3 +133,21 @@ class KernelBackend(Protocol):
         Everything the backend created (processes, files, connections) is gone afterwards.
         """
         ...
+
+
+async def drain(queue: asyncio.Queue[KernelMessage], timeout: float | None) -> list[KernelMessage]:
+    """What ``KernelBackend.receive`` returns for a backend that queues incoming messages: all
+    that is queued, waiting up to ``timeout`` for the first one ([] when none came)."""
+    if queue.empty():
+        if timeout is not None and timeout <= 0:
+            return []
+        try:
+            first = await asyncio.wait_for(queue.get(), timeout)
+        except asyncio.TimeoutError:
+            return []
+        out = [first]
+    else:
+        out = []
+    while not queue.empty():
+        out.append(queue.get_nowait())
+    return out

@@ -58,7 +58,7 @@ from nbagent.kernel._gateway_wire import (
     encode_frame,
     http_base,
 )
-from nbagent.kernel.base import Channel, KernelMessage
+from nbagent.kernel.base import Channel, KernelMessage, drain
 
 __all__ = ["DEFAULT_LAUNCH_TIMEOUT", "ENV_TOKEN", "ENV_URL", "Gateway", "GatewayBackend"]
 
@@ -428,20 +428,7 @@ class GatewayBackend:
         return msg_id
 
     async def receive(self, timeout: float | None) -> list[KernelMessage]:
-        queue = self._queue
-        if queue.empty():
-            if timeout is not None and timeout <= 0:
-                return []
-            try:
-                first = await asyncio.wait_for(queue.get(), timeout)
-            except asyncio.TimeoutError:
-                return []
-            out = [first]
-        else:
-            out = []
-        while not queue.empty():
-            out.append(queue.get_nowait())
-        return out
+        return await drain(self._queue, timeout)
 
     def is_alive(self) -> bool:
         return self._alive and self._kernel_id is not None

@@ -48,7 +48,7 @@ from jupyter_client.session import Session
 from nbagent.errors import ConfigError, KernelStartupError
 from nbagent.kernel import _reaper
 from nbagent.kernel._limits import pid_alive
-from nbagent.kernel.base import Channel, KernelMessage
+from nbagent.kernel.base import Channel, KernelMessage, drain
 
 __all__ = ["DEFAULT_KERNEL_CMD", "LocalBackend"]
 
@@ -370,20 +370,7 @@ class LocalBackend:
         return str(msg["header"]["msg_id"])
 
     async def receive(self, timeout: float | None) -> list[KernelMessage]:
-        queue = self._queue
-        if queue.empty():
-            if timeout is not None and timeout <= 0:
-                return []
-            try:
-                first = await asyncio.wait_for(queue.get(), timeout)
-            except asyncio.TimeoutError:
-                return []
-            out = [first]
-        else:
-            out = []
-        while not queue.empty():
-            out.append(queue.get_nowait())
-        return out
+        return await drain(self._queue, timeout)
 
     def is_alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None

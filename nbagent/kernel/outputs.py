@@ -29,7 +29,14 @@ from typing import Any
 
 from nbagent.kernel.base import KernelMessage, OutputCallback
 
-__all__ = ["DROPPED_MIME", "OutputAssembler", "OutputLimits", "clean_text"]
+__all__ = [
+    "DROPPED_MIME",
+    "OutputAssembler",
+    "OutputLimits",
+    "clean_text",
+    "error_line",
+    "error_of_reply",
+]
 
 log = logging.getLogger(__name__)
 
@@ -421,3 +428,19 @@ class OutputAssembler:
         self._dirty.clear()
         self.notify()
         return outputs
+
+
+def error_of_reply(reply: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The error of an execute_reply (ename, evalue, traceback), or None when it succeeded."""
+    if not reply or reply.get("status") != "error":
+        return None
+    return {
+        "ename": str(reply.get("ename", "")),
+        "evalue": str(reply.get("evalue", "")),
+        "traceback": [str(x) for x in reply.get("traceback") or []],
+    }
+
+
+def error_line(content: dict[str, Any]) -> str:
+    """``ename: evalue`` on one line."""
+    return f"{content.get('ename', 'Error')}: {content.get('evalue', '')}".strip()

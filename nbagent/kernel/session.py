@@ -42,13 +42,14 @@ from nbagent.kernel.base import ExecStatus, ExecutionResult, KernelBackend, Outp
 from nbagent.kernel.env import scrub_env
 from nbagent.kernel.limits import ResourceLimits
 from nbagent.kernel.local import DEFAULT_KERNEL_CMD, LocalBackend
-from nbagent.kernel.outputs import OutputAssembler, OutputLimits
+from nbagent.kernel.outputs import OutputAssembler, OutputLimits, error_line, error_of_reply
 from nbagent.kernel.transfer import (
     TRANSFER_MIME,
     check_names,
     decode_item,
     encode_values,
     host_formats,
+    transfer_bundle,
 )
 from nbagent.kernel.upload import DataFile, collect_data, upload_files
 
@@ -61,7 +62,8 @@ StdinHandler = Callable[[str, bool], Awaitable[str]]
 
 #: How often liveness is checked while waiting for a kernel (bounds death detection).
 _POLL = 0.25
-#: After the execute_reply, how long to wait for the trailing "idle" if IOPub goes quiet.
+#: After the execute_reply, how long the channels may stay empty before we stop waiting for
+#: the trailing "idle" (only a dropped message makes it never come).
 _IDLE_GRACE = 2.0
 _HELPER = "__import__('sys').modules['_nbagent_kernel']"
 _BOOT = """\
@@ -227,13 +229,13 @@ class KernelSession:
             user_expressions={"caps": f"{_HELPER}._caps()"},
         )
         if reply.get("status") != "ok":
-            raise KernelStartupError(f"kernel helper failed: {_error_line(reply)}")
-        caps = _bundle(reply, "caps") or {}
+            raise KernelStartupError(f"kernel helper failed: {error_line(reply)}")
+        caps = transfer_bundle(reply, "caps") or {}
         self._kernel_pyarrow = bool((caps.get("modules") or {}).get("pyarrow"))
         if self.startup_code:
             reply = await self._internal(self.startup_code, self.startup_timeout)
             if reply.get("status") != "ok":
-                raise KernelStartupError(f"startup_code failed: {_error_line(reply)}")
+                raise KernelStartupError(f"startup_code failed: {error_line(reply)}")
         if self.data:
             await upload_files(
                 self.data, lambda code, ue: self._internal(code, 120.0, user_expressions=ue)
@@ -385,7 +387,7 @@ class KernelSession:
         outputs = asm.finish()
         error = None
         if status == "error":
-            error = _error_of(reply) or asm.error
+            error = error_of_reply(reply) or asm.error
             if error and error.get("ename") == "SystemExit":
                 notes.append(
                     f"the code raised SystemExit({error.get('evalue', '')}); "
@@ -447,7 +449,7 @@ class KernelSession:
         now = time.monotonic()
         deadline = None if timeout is None else now + timeout
         next_check = now + _POLL
-        last_iopub = now
+        quiet_since: float | None = None  # since when nothing at all has arrived
         reply: dict[str, Any] | None = None
         idle = False
         pending: set[asyncio.Task[None]] = set()
@@ -456,17 +458,22 @@ class KernelSession:
                 now = time.monotonic()
                 if deadline is not None and now >= deadline:
                     return "timeout", reply
-                if reply is not None and now - last_iopub > _IDLE_GRACE:
-                    log.warning("no idle status after the reply; outputs may be incomplete")
-                    break
                 wait = _POLL if deadline is None else min(_POLL, deadline - now)
                 msgs = await backend.receive(wait)
+                if msgs:
+                    quiet_since = None
+                elif reply is not None:
+                    # Only a channel that stays empty ends the wait without "idle" (a dropped
+                    # message): a busy or starved host still reads everything that was sent.
+                    quiet_since = quiet_since or time.monotonic()
+                    if time.monotonic() - quiet_since > _IDLE_GRACE:
+                        log.warning("no idle status after the reply; outputs may be incomplete")
+                        break
                 for msg in msgs:
                     if (msg.get("parent_header") or {}).get("msg_id") != msg_id:
                         continue
                     channel, msg_type = msg.get("channel"), msg.get("msg_type")
                     if channel == "iopub":
-                        last_iopub = time.monotonic()
                         if msg_type == "status":
                             idle = idle or msg["content"].get("execution_state") == "idle"
                         elif asm is not None and msg_type != "execute_input":
@@ -539,7 +546,7 @@ class KernelSession:
         async with self._lock:
             reply = await self._internal_guarded(f"{_HELPER}._push({payload!r})", timeout)
         if reply.get("status") != "ok":
-            raise TransferError(f"the kernel could not receive the values: {_error_line(reply)}")
+            raise TransferError(f"the kernel could not receive the values: {error_line(reply)}")
 
     async def apull(self, names: Sequence[str], *, timeout: float = 120.0) -> dict[str, Any]:
         """Return kernel variables as host values; nothing is ever unpickled.
@@ -555,7 +562,7 @@ class KernelSession:
             reply = await self._internal_guarded("", timeout, user_expressions={"r": expr})
         result = (reply.get("user_expressions") or {}).get("r") or {}
         if result.get("status") != "ok":
-            raise TransferError(f"pulling {names} failed in the kernel: {_error_line(result)}")
+            raise TransferError(f"pulling {names} failed in the kernel: {error_line(result)}")
         items = (result.get("data") or {}).get(TRANSFER_MIME)
         if not isinstance(items, dict):
             raise TransferError("the kernel did not answer with a transfer record")
@@ -577,23 +584,3 @@ class KernelSession:
 
     push = sync_method(apush)
     pull = sync_method(apull)
-
-
-def _error_of(reply: dict[str, Any] | None) -> dict[str, Any] | None:
-    if not reply or reply.get("status") != "error":
-        return None
-    return {
-        "ename": str(reply.get("ename", "")),
-        "evalue": str(reply.get("evalue", "")),
-        "traceback": [str(x) for x in reply.get("traceback") or []],
-    }
-
-
-def _error_line(content: dict[str, Any]) -> str:
-    return f"{content.get('ename', 'Error')}: {content.get('evalue', '')}".strip()
-
-
-def _bundle(reply: dict[str, Any], key: str) -> dict[str, Any] | None:
-    value = (reply.get("user_expressions") or {}).get(key) or {}
-    data = (value.get("data") or {}).get(TRANSFER_MIME)
-    return data if isinstance(data, dict) else None

@@ -31,7 +31,14 @@ from typing import Any
 
 from nbagent.errors import TransferError
 
-__all__ = ["TRANSFER_MIME", "check_names", "decode_item", "encode_values", "host_formats"]
+__all__ = [
+    "TRANSFER_MIME",
+    "check_names",
+    "decode_item",
+    "encode_values",
+    "host_formats",
+    "transfer_bundle",
+]
 
 TRANSFER_MIME = "application/vnd.nbagent.transfer+json"
 _MAX_DEPTH = 100
@@ -165,3 +172,10 @@ def decode_item(name: str, item: Any) -> Any:
             f"{name!r}: refused a {kind} value from the kernel: {type(exc).__name__}: {exc}"
         ) from None
     raise TransferError(f"{name!r}: unknown transfer format {kind!r} from the kernel")
+
+
+def transfer_bundle(reply: dict[str, Any], key: str) -> dict[str, Any] | None:
+    """The transfer payload a user expression returned, if any."""
+    value = (reply.get("user_expressions") or {}).get(key) or {}
+    data = (value.get("data") or {}).get(TRANSFER_MIME)
+    return data if isinstance(data, dict) else None
