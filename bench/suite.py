@@ -176,12 +176,15 @@ def concurrency(quick: bool, raw: dict[str, Any]) -> list[Row]:
     """8 agents (4 steps, 0.4 s model latency each reply) at once vs one after another."""
     from bench.agent_bench import bench_concurrency
 
-    seq, par = bench_concurrency()
-    raw["concurrency"] = {"sequential": seq, "together": par}
+    conc = bench_concurrency()
+    raw["concurrency"] = conc
+    seq, par = conc["answers"]
+    whole_seq, whole_par = conc["whole"]
     return [
         Row(
             "concurrency",
-            "8 agents at once (4 steps, 0.4 s per reply)",
+            f"8 agents at once, until all answered (4 steps, 0.4 s per reply; "
+            f"with shutdowns {whole_par:.1f} s vs {whole_seq:.1f} s)",
             par,
             seq,
             "the same one after another",
