@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import platform
 import sys
+import textwrap
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from importlib import metadata
@@ -135,8 +136,8 @@ def plot(rows: Sequence[Row], path: str | os.PathLike[str], title: str) -> Path:
     import matplotlib.pyplot as plt
 
     shown = [r for r in rows if r.ratio is not None]
-    fig, ax = plt.subplots(figsize=(9, 0.5 * len(shown) + 1.6), dpi=110)
-    labels = [f"{r.measure}\n(vs {r.base_label})" for r in shown]
+    fig, ax = plt.subplots(figsize=(10, 0.55 * len(shown) + 1.6), dpi=110)
+    labels = [textwrap.fill(f"{r.measure} (vs {r.base_label})", 48) for r in shown]
     ratios = [r.ratio or 1.0 for r in shown]
     colours = ["#3a923a" if r.met else "#c0392b" if r.met is False else "#7f8c8d" for r in shown]
     y = list(range(len(shown)))
@@ -151,7 +152,7 @@ def plot(rows: Sequence[Row], path: str | os.PathLike[str], title: str) -> Path:
     ax.set_xscale("log")
     ax.set_yticks(y, labels, fontsize=7)
     ax.invert_yaxis()
-    ax.set_xlabel("nbagent ÷ floor or peer, same run (log; lower is better; black tick: target)")
+    ax.set_xlabel("nbagent ÷ floor or peer, same run (log; lower is better); black tick: target")
     ax.set_title(title, fontsize=9)
     ax.set_xlim(min(min(ratios), 0.5) / 2, max(max(ratios), 2.0) * 2.5)
     fig.tight_layout()
