@@ -17,6 +17,7 @@ _EXPORTS: dict[str, str] = {
     "AgentPanel": "nbagent.widget",
     "Decision": "nbagent.steps",
     "ExecutionResult": "nbagent.kernel.base",
+    "Gateway": "nbagent.kernel.gateway",
     "KernelSession": "nbagent.kernel.session",
     "ResourceLimits": "nbagent.kernel.limits",
     "RunResult": "nbagent.agent",
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     from nbagent.agent import Agent as Agent
     from nbagent.agent import RunResult as RunResult
     from nbagent.kernel.base import ExecutionResult as ExecutionResult
+    from nbagent.kernel.gateway import Gateway as Gateway
     from nbagent.kernel.limits import ResourceLimits as ResourceLimits
     from nbagent.kernel.session import KernelSession as KernelSession
     from nbagent.llm import make_model as make_model
@@ -53,3 +55,13 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(__all__)
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext nbagent``: register the ``%agent`` / ``%%agent`` magics."""
+    importlib.import_module("nbagent.magic").load_ipython_extension(ipython)
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    """``%unload_ext nbagent``: shut the magic's agent session down."""
+    importlib.import_module("nbagent.magic").unload_ipython_extension(ipython)

@@ -29,6 +29,7 @@ from nbagent.errors import ConfigError, NbAgentError
 from nbagent.events import Event, KernelStatus, Notice, RunFinished, RunStarted, RunStatus, Usage
 from nbagent.kernel.limits import ResourceLimits
 from nbagent.kernel.session import KernelSession
+from nbagent.kernel.upload import DataFile, collect_data, describe_data
 from nbagent.llm import make_model
 from nbagent.llm.base import ChatModel, Message
 from nbagent.prelude import PRELUDE
@@ -38,6 +39,7 @@ from nbagent.toolhost import ToolHost
 from nbagent.tools import Tool, check_tools, describe_tools
 
 if TYPE_CHECKING:  # nbformat costs up to seconds to import (jsonschema): load it when used
+    from nbagent.kernel.gateway import Gateway
     from nbagent.transcript import Transcript
 
 __all__ = ["Agent", "Decision", "RunResult"]
@@ -92,6 +94,12 @@ class Agent:
             native ``run_python(code)`` function call, for function-calling models).
         planning_interval: ask the model for a short plan before step 1 and an update every
             this many steps (None: no planning).
+        gateway: run the kernel on a Jupyter Kernel Gateway or Enterprise Gateway: its URL or
+            a :class:`~nbagent.kernel.gateway.Gateway` (the token comes from
+            ``$JUPYTER_GATEWAY_AUTH_TOKEN`` unless the Gateway carries one). Also accepted as
+            ``kernel_options["gateway"]``.
+        data: files and directories to upload into the kernel's working directory when it
+            starts (checked now; the model is told which files are there).
     """
 
     def __init__(
@@ -119,6 +127,8 @@ class Agent:
         tool_timeout: float = 60.0,
         action: Action = "code",
         planning_interval: int | None = None,
+        gateway: str | Gateway | None = None,
+        data: Sequence[str | os.PathLike[str] | DataFile] = (),
     ) -> None:
         if max_steps < 1:
             raise ConfigError(f"max_steps must be at least 1, got {max_steps}")
@@ -157,6 +167,17 @@ class Agent:
         self.observation_limit = observation_limit
         self.approve = approve
         self.kernel_options = dict(kernel_options or {})
+        if gateway is not None:
+            self.kernel_options["gateway"] = gateway
+        if self.kernel_options.get("gateway") is not None:  # a bad URL fails now
+            from nbagent.kernel.gateway import Gateway
+
+            if self.kernel_options.get("backend") is not None:
+                raise ConfigError("give either a gateway or a backend, not both")
+            self.kernel_options["gateway"] = Gateway.coerce(self.kernel_options["gateway"])
+        files = collect_data([*self.kernel_options.get("data", ()), *data])
+        if files:
+            self.kernel_options["data"] = files
         if resource_limits:
             # A backend or a gateway means nbagent does not launch the kernel: fail now.
             options = self.kernel_options
@@ -176,7 +197,7 @@ class Agent:
         self._producer: asyncio.Task[None] | None = None
         self._stop_reason: str | None = None
         self._pending = ""
-        self._context = ""
+        self._context = describe_data(files)
 
     # -- listeners and lifecycle -------------------------------------------------------------
 
@@ -206,6 +227,10 @@ class Agent:
             start = None  # the last start failed: try again
         if start is None:
             options = {"cwd": self.workdir, "env_passthrough": self.env, **self.kernel_options}
+            gateway = options.pop("gateway", None)
+            if gateway is not None:  # a backend per session; named variables go along
+                forward = (*self.env, *(options.get("extra_env") or {}))
+                options["backend"] = gateway.backend(forward_env=forward)
             prelude = PRELUDE + (self.tool_host.prelude() if self.tool_host else "")
             self._kernel = KernelSession(startup_code=prelude, **options)
             start = asyncio.ensure_future(self._kernel.astart())
@@ -271,6 +296,14 @@ class Agent:
         await self._ensure_kernel()
         assert self._kernel is not None
         return await self._kernel.apull(names)
+
+    def push(self, values: Mapping[str, Any]) -> None:
+        """Blocking :meth:`apush`."""
+        _sync.run_sync(self.apush(values))
+
+    def pull(self, names: Sequence[str]) -> dict[str, Any]:
+        """Blocking :meth:`apull`."""
+        return _sync.run_sync(self.apull(names))
 
     async def aresume(self, source: str | os.PathLike[str] | Transcript) -> Transcript:
         """Continue a saved run: restore its conversation, rebuild kernel state by re-running

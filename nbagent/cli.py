@@ -9,6 +9,10 @@ A run works in a fresh run directory, ``./nbagent-runs/<time>-<id>/`` (printed o
 the ``--data`` files copied in; ``--workdir DIR`` works in DIR instead. ``--approve`` asks
 before each cell (:mod:`nbagent.approval`); ``--max-memory`` and friends bound the kernel
 (:mod:`nbagent.kernel.limits`). docs/security.md says what each of these does and does not stop.
+With ``--gateway URL`` (or ``$JUPYTER_GATEWAY_URL``) the kernel runs on a Jupyter Kernel Gateway
+or Enterprise Gateway and the ``--data`` files are uploaded through it instead.
+``nbagent batch TASKS.jsonl -o DIR`` runs many tasks at once (:mod:`nbagent.batch`) and exits 0
+only when every task was answered.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from nbagent.errors import AuthenticationError, ConfigError, NbAgentError, Trans
 
 if TYPE_CHECKING:
     from nbagent.agent import Agent
+    from nbagent.kernel.gateway import Gateway
     from nbagent.transcript import Transcript
 
 __all__ = ["build_parser", "main"]
@@ -76,13 +81,33 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     vision.add_argument("--no-vision", dest="vision", action="store_false")
 
 
-def _add_run_options(p: argparse.ArgumentParser) -> None:
+def _add_step_limits(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-steps", type=_positive_int, default=20, help="default 20")
     p.add_argument(
         "--step-timeout", type=_seconds, default=120.0, help="seconds per cell (default 120)"
     )
     p.add_argument("--time-limit", type=_seconds, help="wall-clock seconds for the whole run")
     p.add_argument("--token-budget", type=_positive_int, help="stop after this many tokens")
+
+
+def _add_gateway_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--gateway",
+        metavar="URL",
+        help="run the kernel on this Jupyter Kernel Gateway or Enterprise Gateway "
+        "(env JUPYTER_GATEWAY_URL; token from JUPYTER_GATEWAY_AUTH_TOKEN)",
+    )
+    p.add_argument("--kernel-name", metavar="NAME", help="the gateway's kernelspec (python3)")
+
+
+def _gateway(args: argparse.Namespace) -> Gateway | None:
+    from nbagent.kernel.gateway import Gateway
+
+    return Gateway.from_env(args.gateway, kernel_name=args.kernel_name)
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    _add_step_limits(p)
     p.add_argument("-o", "--output", metavar="PATH", help="save the run as a notebook")
     p.add_argument(
         "--resume",
@@ -183,6 +208,29 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("task", help='what to do ("-" reads it from stdin)')
     _add_model_options(run)
     _add_run_options(run)
+    _add_gateway_options(run)
+    batch = sub.add_parser("batch", help="run the tasks of a JSONL file in parallel")
+    batch.add_argument("tasks", help='JSONL file: one {"id", "task", "data"} object per line')
+    batch.add_argument(
+        "-c", "--concurrency", type=_positive_int, default=4, help="agents at once (default 4)"
+    )
+    batch.add_argument(
+        "-o", "--output", required=True, metavar="DIR", help="transcripts and results.jsonl"
+    )
+    _add_model_options(batch)
+    _add_step_limits(batch)
+    batch.add_argument(
+        "--env", action="append", default=[], metavar="NAME", help="as for nbagent run"
+    )
+    batch.add_argument(
+        "--data",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="a file or directory every task gets, before its own (repeatable)",
+    )
+    batch.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+    _add_gateway_options(batch)
     rep = sub.add_parser(
         "replay", help="re-execute a transcript in a fresh kernel and compare its outputs"
     )
@@ -255,6 +303,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_demo(args)
         if args.command == "replay":
             return _cmd_replay(args)
+        if args.command == "batch":
+            return _cmd_batch(args)
         if args.command == "eval":
             from nbagent.evaluate import run_command
 
@@ -304,11 +354,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
     )
     approver = TerminalApprover(timeout=args.approve_timeout) if args.approve else None
     transcript = Transcript(args.output) if args.output and not args.resume else None
+    gateway = _gateway(args)
     base = args.workdir
     if args.resume and base is None:
         base = _resumed_workdir(args.resume)
-    workdir = prepare_run_dir(base, args.data)
-    fresh = base is None
+    if gateway is None:
+        workdir, fresh = prepare_run_dir(base, args.data), base is None
+    else:  # the kernel works on the gateway: no local run directory, the data is uploaded
+        workdir, fresh = Path(base or "."), False
     try:
         agent = Agent(
             args.model,
@@ -327,16 +380,44 @@ def _cmd_run(args: argparse.Namespace) -> int:
             tool_timeout=args.tool_timeout,
             action=args.action,
             planning_interval=args.plan_every,
+            gateway=gateway,
+            data=args.data if gateway is not None else (),
         )
     except NbAgentError:
         if fresh:
             shutil.rmtree(workdir, ignore_errors=True)
         raise
-    if fresh or not args.quiet:
+    if gateway is not None and not args.quiet:
+        print(f"nbagent: the kernel runs on the gateway at {gateway.url}", file=sys.stderr)
+    elif fresh or not args.quiet:
         print(f"nbagent: working in {workdir}", file=sys.stderr)
     if limits and not args.quiet:
         print(f"nbagent: kernel limits: {limits.describe()}", file=sys.stderr)
     return _run_agent(agent, task, transcript, resume=args.resume, output=args.output)
+
+
+def _cmd_batch(args: argparse.Namespace) -> int:
+    from nbagent.batch import load_tasks, run_batch
+
+    tasks = load_tasks(args.tasks, shared_data=args.data)  # every line checked first
+    report = run_batch(
+        tasks,
+        args.output,
+        concurrency=args.concurrency,
+        gateway=_gateway(args),
+        agent_options={
+            "model": args.model,
+            "base_url": args.base_url,
+            "vision": args.vision,
+            "max_steps": args.max_steps,
+            "step_timeout": args.step_timeout,
+            "time_limit": args.time_limit,
+            "token_budget": args.token_budget,
+            "env": args.env,
+        },
+        progress=None if args.quiet else sys.stderr,
+    )
+    return EXIT_OK if report.ok else EXIT_FAILED
 
 
 def _resumed_workdir(path: str) -> str:

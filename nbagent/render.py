@@ -53,12 +53,12 @@ _STATUS = {
     "thinking": ("blue", "thinking…"),
     "ok": ("green", "✓ ok"),
     "error": ("red", "✕ error"),
-    "timeout": ("amber", "⏱ timed out"),
+    "timeout": ("amber", "◷ timed out"),
     "died": ("red", "✕ kernel died"),
-    "skipped": ("grey", "⏭ skipped"),
+    "skipped": ("grey", "↷ skipped"),
     "interrupted": ("amber", "■ interrupted"),
     "reply": ("grey", "no code"),
-    "approval": ("amber", "⏸ awaiting approval"),
+    "approval": ("amber", "◷ awaiting approval"),
 }
 _HL = {
     "keyword": ("k kn kc kd kr kp kt ow", "#008000", "font-weight:600"),
@@ -429,7 +429,7 @@ class TextRenderer:
         return "\n".join("  │ " + line for line in e.code.splitlines())
 
     def _CodeSkipped(self, e: ev.CodeSkipped) -> str:
-        return f"  ⏭ skipped: {e.reason}"
+        return f"  ↷ skipped: {e.reason}"
 
     def _CellOutput(self, e: ev.CellOutput) -> str:
         return self._output(e.step, e.index, e.output)

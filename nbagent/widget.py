@@ -61,7 +61,7 @@ IDLE_TICK_LIMIT = 1800.0
 _APPROVAL_NOTES = {
     "run": "✓ approved",
     "edited": "✎ edited, then approved",
-    "skip": "⏭ skipped by you",
+    "skip": "↷ skipped by you",
     "cancelled": "approval cancelled",
 }
 
@@ -101,7 +101,8 @@ def _html(value: str = "", cls: str = "") -> w.HTML:
 
 
 def _button(label: str, cls: str, tooltip: str) -> w.Button:
-    button = w.Button(description=label, tooltip=tooltip, layout=w.Layout(width="auto"))
+    layout = w.Layout(width="auto", flex="0 0 auto")  # never squeezed to "▶ …"
+    button = w.Button(description=label, tooltip=tooltip, layout=layout)
     button.add_class("nba-btn")
     button.add_class(cls)
     return button
@@ -125,6 +126,8 @@ class AgentPanel:
         on_save: called when the user clicks Save transcript; may return the path it saved to.
             The button is hidden when ``None``.
         interval: minimum seconds between two widget updates (default 0.1: ~10 a second).
+        on_widget: called with every widget the user can act on (buttons, the code editor)
+            when it is created, e.g. to have its clicks handled off the main thread.
     """
 
     def __init__(
@@ -133,8 +136,10 @@ class AgentPanel:
         on_stop: Callable[[], object] | None = None,
         on_save: Callable[[], object] | None = None,
         interval: float = 0.1,
+        on_widget: Callable[[w.Widget], object] | None = None,
     ) -> None:
         self.on_stop = on_stop
+        self.on_widget = on_widget
         self.on_save = on_save
         self.interval = interval
         self._lock = threading.RLock()
@@ -157,6 +162,7 @@ class AgentPanel:
         self._save_button = _button("Save transcript", "nba-quiet", "Save the transcript now")
         self._stop_button.on_click(self._click_stop)
         self._save_button.on_click(self._click_save)
+        self._adopt(self._stop_button, self._save_button)
         bar = w.HBox([self._header, self._stop_button, self._save_button])
         bar.add_class("nba-header-row")
         self._runs_box = w.VBox([], layout=w.Layout(width="100%"))
@@ -384,6 +390,11 @@ class AgentPanel:
 
     # -- approval --------------------------------------------------------------------------
 
+    def _adopt(self, *widgets: w.Widget) -> None:
+        if self.on_widget is not None:
+            for widget in widgets:
+                self.on_widget(widget)
+
     def _draw_approval(self, run_index: int, view: StepView, sw: _StepWidgets) -> None:
         state = view.approval
         sw.approval_state = state
@@ -391,13 +402,14 @@ class AgentPanel:
         children: list[w.Widget] = []
         if state in ("pending", "editing"):
             run = _button("▶ Run", "nba-primary", "Run this code")
-            skip = _button("⏭ Skip", "nba-quiet", "Do not run this code")
+            skip = _button("↷ Skip", "nba-quiet", "Do not run this code")
             skip.on_click(lambda _b: self._decide(key, "skip"))
             if state == "pending":
                 edit = _button("✎ Edit", "nba-quiet", "Edit the code before running it")
                 edit.on_click(lambda _b: self._set_approval(key, "editing"))
                 run.on_click(lambda _b: self._decide(key, "run"))
-                hint = _html('<span class="nba-dim">Waiting for your approval</span>')
+                hint = w.HTML('<span class="nba-dim">Waiting for your approval</span>')
+                self._adopt(run, edit, skip)
                 children = [w.HBox([run, edit, skip, hint])]
             else:
                 lines = (view.code or "").count("\n") + 1
@@ -408,6 +420,7 @@ class AgentPanel:
                 )
                 run.description = "▶ Run edited"
                 run.on_click(lambda _b: self._decide(key, "edited"))
+                self._adopt(run, skip, sw.textarea)
                 children = [sw.textarea, w.HBox([run, skip])]
         elif state in _APPROVAL_NOTES:
             children = [_html(f'<span class="nba-dim">{_APPROVAL_NOTES[state]}</span>')]

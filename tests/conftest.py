@@ -6,4 +6,5 @@ pytest_plugins: list[str] = [
     "tests.llm_fixtures",
     "tests.kernel_fixtures",
     "tests.browser_fixtures",
+    "tests.gateway_fixtures",
 ]

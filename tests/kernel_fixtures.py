@@ -2,7 +2,13 @@
 
 ``kernel``: one started KernelSession per test module (use it when state does not matter or
 the test sets what it reads). ``make_kernel(**kwargs)``: started sessions with your own
-options, all shut down after the test. Both shut down what they start, even on failure.
+options (``start=False`` for one not started yet), all shut down after the test. Both shut
+down what they start, even on failure.
+
+Both run on every backend in :data:`KERNEL_BACKENDS` — a local ipykernel process and a kernel
+on a real Kernel Gateway (``tests/gateway_fixtures.py``) — through the module-scoped
+``kernel_backend`` parameter, so the kernel test suite checks one policy on both. A test that
+cannot apply to one backend says why with :func:`skip_on`.
 """
 
 from __future__ import annotations
@@ -18,7 +24,17 @@ import pytest
 from nbagent.kernel.base import ExecutionResult
 from nbagent.kernel.session import KernelSession
 
-__all__ = ["pid_gone", "start_like_a_user", "stream_text", "wait_until"]
+__all__ = [
+    "KERNEL_BACKENDS",
+    "pid_gone",
+    "skip_on",
+    "start_like_a_user",
+    "stream_text",
+    "wait_until",
+]
+
+#: The backends the kernel fixtures run on.
+KERNEL_BACKENDS = ("local", "gateway")
 
 
 def pid_gone(pid: int | None) -> bool:
@@ -61,10 +77,33 @@ def start_like_a_user(session: KernelSession) -> None:
             os.environ["PYTEST_CURRENT_TEST"] = saved
 
 
+def skip_on(kind: str, backend: str, reason: str) -> None:
+    """Skip the running test when it runs on ``backend`` ("local" or "gateway")."""
+    if kind == backend:
+        pytest.skip(f"not on the {backend} backend: {reason}")
+
+
+@pytest.fixture(scope="module", params=KERNEL_BACKENDS)
+def kernel_backend(request: pytest.FixtureRequest) -> str:
+    """The backend this module's kernels run on; "gateway" starts the test gateway."""
+    if request.param == "gateway":
+        request.getfixturevalue("kernel_gateway")
+    return str(request.param)
+
+
+def _new_session(kind: str, request: pytest.FixtureRequest, **kwargs: Any) -> KernelSession:
+    if kind == "gateway":
+        server = request.getfixturevalue("kernel_gateway")
+        # as Agent does: the names passed on purpose go to the remote kernel too
+        forward = (*kwargs.get("env_passthrough", ()), *(kwargs.get("extra_env") or {}))
+        return KernelSession(backend=server.backend(forward_env=forward), **kwargs)
+    return KernelSession(**kwargs)
+
+
 @pytest.fixture(scope="module")
-def kernel() -> Iterator[KernelSession]:
+def kernel(kernel_backend: str, request: pytest.FixtureRequest) -> Iterator[KernelSession]:
     """A started kernel shared by one test module."""
-    session = KernelSession(interrupt_grace=1.5)
+    session = _new_session(kernel_backend, request, interrupt_grace=1.5)
     start_like_a_user(session)
     try:
         yield session
@@ -73,14 +112,17 @@ def kernel() -> Iterator[KernelSession]:
 
 
 @pytest.fixture
-def make_kernel() -> Iterator[Callable[..., KernelSession]]:
+def make_kernel(
+    kernel_backend: str, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., KernelSession]]:
     """Factory for started kernels with custom options; all are shut down afterwards."""
     made: list[KernelSession] = []
 
-    def make(**kwargs: Any) -> KernelSession:
-        session = KernelSession(**kwargs)
+    def make(start: bool = True, **kwargs: Any) -> KernelSession:
+        session = _new_session(kernel_backend, request, **kwargs)
         made.append(session)
-        start_like_a_user(session)
+        if start:
+            start_like_a_user(session)
         return session
 
     try:

@@ -353,3 +353,14 @@ def test_cell_outputs_are_nbformat_dicts(scripted_openai: ScriptedServer, tmp_pa
     )
     assert os.environ.get("NBAGENT_TEST_NEVER_SET") is None
     assert any(isinstance(e, TextDelta) for e in result.events)
+
+
+def test_push_and_pull_in_the_blocking_api(scripted_openai: ScriptedServer, tmp_path: Path) -> None:
+    scripted_openai.add(
+        py("flagged = [v for v in values if v > threshold]\nfinal_answer(len(flagged))")
+    )
+    with agent_for(scripted_openai, tmp_path) as agent:
+        agent.push({"threshold": 0.5, "values": [0.1, 0.7, 0.9]})
+        result = agent.run("Flag values above threshold; keep them in `flagged`.")
+        pulled = agent.pull(["flagged"])
+    assert result.answer == "2" and pulled == {"flagged": [0.7, 0.9]}

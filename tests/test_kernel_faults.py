@@ -18,7 +18,8 @@ import pytest
 
 from nbagent.errors import KernelStartupError
 from nbagent.kernel.session import KernelSession
-from tests.kernel_fixtures import pid_gone, stream_text, wait_until
+from tests.gateway_fixtures import kernel_pid, on_gateway
+from tests.kernel_fixtures import pid_gone, skip_on, stream_text, wait_until
 
 COUNTING_LOOP = "while True:\n    n += 1\n"
 
@@ -31,7 +32,7 @@ def _value(kernel: KernelSession, expr: str) -> str:
 
 def test_timeout_interrupts_keeps_state_and_earlier_output(kernel: KernelSession) -> None:
     kernel.execute("kept = 'yes'\nn = 0")
-    pid = kernel.pid
+    pid = kernel_pid(kernel)
     r = kernel.execute("print('before the loop', flush=True)\n" + COUNTING_LOOP, timeout=1.0)
     assert r.status == "timeout"
     assert r.note == "timed out after 1 s — interrupted, state kept"
@@ -43,19 +44,19 @@ def test_timeout_interrupts_keeps_state_and_earlier_output(kernel: KernelSession
     assert _value(kernel, "kept") == "'yes'"
     assert int(_value(kernel, "n")) > 0
     assert time.monotonic() - t < 2, "the next step must run promptly"
-    assert kernel.pid == pid
+    assert kernel_pid(kernel) == pid
 
 
 def test_loop_swallowing_keyboardinterrupt_is_restarted(kernel: KernelSession) -> None:
     kernel.execute("doomed = 1\nn = 0")
-    pid = kernel.pid
+    pid = kernel_pid(kernel)
     code = "while True:\n    try:\n        " + COUNTING_LOOP.replace("\n    ", "\n            ")
     code += "    except KeyboardInterrupt:\n        pass\n"
     r = kernel.execute(code, timeout=0.5)
     assert r.status == "timeout"
     assert r.state_lost
     assert "did not stop it within 1.5 s" in r.note and r.note.endswith("state lost")
-    assert kernel.pid != pid and pid_gone(pid)
+    assert kernel_pid(kernel) != pid and pid_gone(pid)
     after = kernel.execute("doomed")
     assert after.status == "error" and after.error is not None
     assert after.error["ename"] == "NameError"
@@ -70,7 +71,8 @@ def test_loop_swallowing_keyboardinterrupt_is_restarted(kernel: KernelSession) -
 )
 def test_death_mid_step_is_detected_quickly(kernel: KernelSession, code: str, how: str) -> None:
     kernel.execute("lost = 1")
-    pid = kernel.pid
+    pid = kernel_pid(kernel)
+    how = "reported by the gateway" if on_gateway(kernel) else how
     seen: dict[str, float] = {}
     backend = kernel.backend
     real_restart = backend.restart
@@ -97,19 +99,20 @@ def test_death_mid_step_is_detected_quickly(kernel: KernelSession, code: str, ho
     # it died about 0.3 s after its last words; the restart began soon after
     assert seen["restart"] - seen["words"] < 0.3 + 2.0, "death must be noticed within ~2 s"
     assert "last words" in stream_text(r)
-    assert kernel.pid != pid and kernel.is_alive
+    assert kernel_pid(kernel) != pid and kernel.is_alive
     assert kernel.execute("lost").status == "error"
 
 
 def test_death_between_steps_is_reported_by_the_next(kernel: KernelSession) -> None:
     kernel.execute("lost = 1")
-    pid = kernel.pid
+    pid = kernel_pid(kernel)
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
     assert wait_until(lambda: not kernel.is_alive, 5)
     r = kernel.execute("1 + 1")
     assert r.status == "ok" and r.state_lost
-    assert "had died (killed by SIGKILL)" in r.note
+    how = "reported by the gateway" if on_gateway(kernel) else "killed by SIGKILL"
+    assert f"had died ({how})" in r.note
     assert kernel.execute("lost").status == "error"
 
 
@@ -119,19 +122,25 @@ def test_restart_loses_state_and_runs_startup_code(
     k = make_kernel(startup_code="def final_answer(x):\n    return ('answer', x)")
     k.execute("mine = 1")
     assert _value(k, "final_answer(2)") == "('answer', 2)"
-    pid = k.pid
+    pid = kernel_pid(k)
     k.restart()
-    assert k.pid != pid and pid_gone(pid)
+    assert kernel_pid(k) != pid and pid_gone(pid)
     assert k.execute("mine").status == "error"
     assert _value(k, "final_answer(3)") == "('answer', 3)"  # startup code ran again
     assert k.execution_count == 2, "startup code runs silently: only our two cells count"
 
 
-def test_startup_code_failure_is_a_startup_error() -> None:
-    k = KernelSession(startup_code="raise ValueError('bad setup')")
+def test_startup_code_failure_is_a_startup_error(
+    make_kernel: Callable[..., KernelSession], request: pytest.FixtureRequest
+) -> None:
+    k = make_kernel(start=False, startup_code="raise ValueError('bad setup')")
+    gateway = request.getfixturevalue("kernel_gateway") if on_gateway(k) else None
+    before = gateway.kernel_ids() if gateway else set()
     with pytest.raises(KernelStartupError, match="startup_code failed: ValueError: bad setup"):
         k.start()
     assert pid_gone(k.pid)
+    if gateway is not None:
+        assert gateway.kernel_ids() == before, "the failed kernel was left on the gateway"
 
 
 def test_children_die_on_interrupt_and_on_shutdown(
@@ -151,14 +160,15 @@ def test_children_die_on_interrupt_and_on_shutdown(
     assert r.status == "timeout" and not r.state_lost
     assert wait_until(lambda: pid_gone(plain), 5), "SIGINT reaches the kernel's process group"
     assert psutil.Process(deaf).is_running() and not pid_gone(deaf)
-    kernel_pid = k.pid
+    pid = kernel_pid(k)
     k.shutdown()
-    assert wait_until(lambda: pid_gone(deaf) and pid_gone(kernel_pid), 5)
+    assert wait_until(lambda: pid_gone(deaf) and pid_gone(pid), 5)
 
 
 def test_a_kernel_that_ignores_shutdown_is_killed(
-    make_kernel: Callable[..., KernelSession],
+    make_kernel: Callable[..., KernelSession], kernel_backend: str
 ) -> None:
+    skip_on(kernel_backend, "gateway", "the gateway runs its own shutdown ladder on DELETE")
     k = make_kernel(shutdown_timeout=0.5)
     r = k.execute(
         "import signal\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
@@ -210,8 +220,12 @@ def test_silent_kernel_fails_within_the_start_timeout() -> None:
 
 
 def test_kernel_output_goes_to_the_log_not_the_terminal(
-    make_kernel: Callable[..., KernelSession], tmp_path: Path, capfd: pytest.CaptureFixture[str]
+    make_kernel: Callable[..., KernelSession],
+    tmp_path: Path,
+    capfd: pytest.CaptureFixture[str],
+    kernel_backend: str,
 ) -> None:
+    skip_on(kernel_backend, "gateway", "a remote kernel's own output goes to the gateway's log")
     log = tmp_path / "kernel.log"
     k = make_kernel(log_path=log)
     assert k.log_path == str(log)
@@ -223,8 +237,9 @@ def test_kernel_output_goes_to_the_log_not_the_terminal(
 
 
 def test_runtime_files_are_private_ipc_and_removed(
-    make_kernel: Callable[..., KernelSession],
+    make_kernel: Callable[..., KernelSession], kernel_backend: str
 ) -> None:
+    skip_on(kernel_backend, "gateway", "the gateway, not the host, holds the connection files")
     k = make_kernel()
     runtime = Path(getattr(k.backend, "runtime_dir", ""))
     assert runtime.is_dir() and (runtime.stat().st_mode & 0o777) == 0o700

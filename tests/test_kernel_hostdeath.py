@@ -93,18 +93,19 @@ def test_no_kernel_survives_the_host(
 def test_kernel_exits_by_itself_when_the_host_is_sigkilled(
     host_env: dict[str, str], tmp_path: Path
 ) -> None:
-    proc, info = _start_host("sigkill", host_env, tmp_path)
+    # A private TMPDIR: no other session on this machine sweeps this host's runtime directory.
+    private = tmp_path / "tmp"
+    private.mkdir()
+    proc, info = _start_host("sigkill", {**host_env, "TMPDIR": str(private)}, tmp_path)
     try:
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
         # ipykernel polls its parent (JPY_PARENT_PID) once a second
         assert wait_until(lambda: pid_gone(info["pid"]), 10), "orphaned kernel kept running"
-        # Nothing in the dead host could remove its runtime directory; the next session to start
-        # (here, or another test worker's) does.
         stale = Path(info["runtime"])
-        fresh = local._make_runtime_dir()
+        assert stale.is_relative_to(private) and stale.exists()  # the dead host could not...
+        local._sweep_stale(stale.parent)  # ...but the next session's sweep removes it
         assert not stale.exists()
-        fresh.rmdir()
     finally:
         for pid in (info["pid"], info["child"]):
             if not pid_gone(pid):

@@ -25,6 +25,7 @@ SECRETS = {
     "GITHUB_PAT_LOOKALIKE": "ghp_abcdefghijklmnopqrstuvwxyz0123",
     "DATABASE_URL": "postgres://app:s3cret@db.internal:5432/app",
     "NBAGENT_MODEL_KEYLESS": "nbagent-model-value",
+    "JUPYTER_GATEWAY_AUTH_TOKEN": "gateway-token-value",
 }
 
 
@@ -57,7 +58,10 @@ def test_passthrough_keeps_a_named_secret_and_does_not_mutate() -> None:
 
 
 def test_kernel_environment_has_no_secrets(
-    make_kernel: Callable[..., KernelSession], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    make_kernel: Callable[..., KernelSession],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    kernel_backend: str,
 ) -> None:
     for name, value in SECRETS.items():
         monkeypatch.setenv(name, value)
@@ -70,10 +74,15 @@ def test_kernel_environment_has_no_secrets(
     seen = json.loads(stream_text(r))
     assert not set(SECRETS) & set(seen), "a secret reached the kernel"
     assert not any(v in json.dumps(seen) for v in SECRETS.values())
-    assert seen["PASSED_ON_PURPOSE_TOKEN"] == "deliberate"
-    assert seen["ORDINARY_SETTING"] == "visible" and seen["EXTRA"] == "given"
-    assert seen["JPY_PARENT_PID"] == str(os.getpid())
-    assert seen["cwd"] == str(tmp_path) == k.cwd
+    assert seen["PASSED_ON_PURPOSE_TOKEN"] == "deliberate" and seen["EXTRA"] == "given"
+    if kernel_backend == "gateway":
+        # Only KERNEL_* and named variables cross to a remote kernel; the host's stay home.
+        assert "ORDINARY_SETTING" not in seen and "HOME" not in seen
+        assert seen["KERNEL_GATEWAY"] == "1"
+    else:
+        assert seen["ORDINARY_SETTING"] == "visible"
+        assert seen["JPY_PARENT_PID"] == str(os.getpid())
+        assert seen["cwd"] == str(tmp_path) == k.cwd
 
 
 def test_ten_kernels_start_at_once_with_isolated_state() -> None:

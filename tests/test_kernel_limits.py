@@ -31,6 +31,12 @@ LIMITS = ResourceLimits(
 
 
 @pytest.fixture(scope="module")
+def kernel_backend() -> str:
+    """Limits bound only kernels nbagent launches itself: this module's kernels are local."""
+    return "local"
+
+
+@pytest.fixture(scope="module")
 def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("limited")
 

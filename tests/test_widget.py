@@ -306,7 +306,7 @@ def test_approval_run_edit_skip(panel: AgentPanel) -> None:
     panel.flush()
     sw = step_widgets(panel, 1)
     assert "awaiting approval" in sw.top.value and "print" in sw.top.value
-    assert set(_buttons(sw.approval)) == {"▶ Run", "✎ Edit", "⏭ Skip"}
+    assert set(_buttons(sw.approval)) == {"▶ Run", "✎ Edit", "↷ Skip"}
     _buttons(sw.approval)["▶ Run"].click()
     assert future.result(0) == ("run", "print('hi')")
     panel.flush()
@@ -328,7 +328,7 @@ def test_approval_run_edit_skip(panel: AgentPanel) -> None:
     panel.handle(ev.StepStarted(step=3))
     future = panel.request_approval(3, "rm()")
     panel.flush()
-    _buttons(step_widgets(panel, 3).approval)["⏭ Skip"].click()
+    _buttons(step_widgets(panel, 3).approval)["↷ Skip"].click()
     assert future.result(0) == ("skip", "rm()")
 
 

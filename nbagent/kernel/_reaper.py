@@ -8,7 +8,8 @@ owned the kernel's sockets may be closed already, and a dead process needs no me
 
 Each live backend registers an object with two steps so that many kernels die in parallel:
 ``begin_reap()`` (send SIGTERM to the kernel's process group, return at once) and
-``finish_reap(wait)`` (wait up to ``wait`` s, SIGKILL what is left, remove the files).
+``finish_reap(wait)`` (wait up to ``wait`` s, SIGKILL what is left, remove the files). A
+gateway kernel's steps are a DELETE sent from a thread and a bounded wait for it.
 A host killed with SIGKILL cannot run any of this; the kernel's parent polling (JPY_PARENT_PID)
 ends it instead.
 """

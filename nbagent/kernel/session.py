@@ -50,6 +50,7 @@ from nbagent.kernel.transfer import (
     encode_values,
     host_formats,
 )
+from nbagent.kernel.upload import DataFile, collect_data, upload_files
 
 __all__ = ["KernelSession", "StdinHandler"]
 
@@ -105,6 +106,8 @@ class KernelSession:
         shutdown_timeout: Seconds a kernel gets to honour a shutdown request before SIGTERM.
         resource_limits: Memory, CPU, process, open-file and file-size bounds for a local
             kernel (see :mod:`nbagent.kernel.limits`); a ConfigError with another backend.
+        data: Files and directories uploaded into the kernel's working directory after every
+            start (checked now; :mod:`nbagent.kernel.upload`).
     """
 
     def __init__(
@@ -124,6 +127,7 @@ class KernelSession:
         backend: KernelBackend | None = None,
         shutdown_timeout: float = 5.0,
         resource_limits: ResourceLimits | None = None,
+        data: Sequence[str | os.PathLike[str] | DataFile] = (),
     ) -> None:
         if backend is not None and (kernel_cmd is not None or log_path is not None):
             raise ConfigError("kernel_cmd and log_path apply to the local backend only")
@@ -148,6 +152,7 @@ class KernelSession:
         self._dead_reason = ""
         self._execution_count: int | None = None
         self._kernel_pyarrow = False
+        self.data = collect_data(data)
         _reaper.install_sigterm_handler()
 
     # -- properties --------------------------------------------------------------------------
@@ -229,6 +234,10 @@ class KernelSession:
             reply = await self._internal(self.startup_code, self.startup_timeout)
             if reply.get("status") != "ok":
                 raise KernelStartupError(f"startup_code failed: {_error_line(reply)}")
+        if self.data:
+            await upload_files(
+                self.data, lambda code, ue: self._internal(code, 120.0, user_expressions=ue)
+            )
 
     async def _restart(self) -> bool:
         """Restart and re-run setup; on failure remember why and return False."""
