@@ -76,7 +76,7 @@ async def _raw_wait_async(kc: AsyncKernelClient, msg_id: str) -> None:
 _TMP = tempfile.mkdtemp(prefix="nbagent-bench-")
 
 
-def _raw_manager(cls: type[KM]) -> KM:
+def raw_manager(cls: type[KM]) -> KM:
     """A jupyter_client manager for the same command line, IPC files in a temp dir."""
     km = cls(transport="ipc", ip=os.path.join(_TMP, f"raw{time.monotonic_ns()}"))
     assert km.kernel_spec is not None
@@ -85,7 +85,7 @@ def _raw_manager(cls: type[KM]) -> KM:
 
 
 async def _raw_kernel() -> AsyncKernelManager:
-    return _raw_manager(AsyncKernelManager)
+    return raw_manager(AsyncKernelManager)
 
 
 async def bench_start(n: int) -> tuple[list[float], list[float]]:
@@ -133,8 +133,36 @@ async def bench_async_roundtrip(rounds: int) -> tuple[list[float], list[float]]:
     return ours, raw
 
 
+def loop_rounds(
+    k: KernelSession, loops: int, kc: BlockingKernelClient | None = None
+) -> tuple[list[float], list[float], list[float], list[float]]:
+    """The 1e6-step loop, rounds interleaved: whole ``execute()`` on ``k``, bare ``exec()`` in
+    this process, raw jupyter_client on ``kc`` (when given), and the loop timed in the kernel."""
+    kern: list[float] = []
+    bare: list[float] = []
+    rawloop: list[float] = []
+    inner: list[float] = []
+    k.execute("import time")
+    code = compile(LOOP_CODE, "<loop>", "exec")
+    for _ in range(loops):
+        t = time.perf_counter()
+        r = k.execute(LOOP_CODE)
+        kern.append(time.perf_counter() - t)
+        assert r.status == "ok", r
+        t = time.perf_counter()
+        exec(code, {})
+        bare.append(time.perf_counter() - t)
+        if kc is not None:
+            t = time.perf_counter()
+            _raw_wait_blocking(kc, kc.execute(LOOP_CODE))
+            rawloop.append(time.perf_counter() - t)
+        r = k.execute(TIMED_LOOP_CODE)
+        inner.append(float(r.outputs[0]["text"]))
+    return kern, bare, rawloop, inner
+
+
 def bench_sync(rounds: int, loops: int) -> dict[str, Any]:
-    km = _raw_manager(KernelManager)
+    km = raw_manager(KernelManager)
     km.start_kernel()
     kc = km.blocking_client()
     kc.start_channels()
@@ -154,23 +182,7 @@ def bench_sync(rounds: int, loops: int) -> dict[str, Any]:
             raw.append(time.perf_counter() - t)
         res["sync_rt"] = (ours, raw)
 
-        kern, bare, rawloop, inner = [], [], [], []
-        k.execute("import time")
-        code = compile(LOOP_CODE, "<loop>", "exec")
-        for _ in range(loops):
-            t = time.perf_counter()
-            r = k.execute(LOOP_CODE)
-            kern.append(time.perf_counter() - t)
-            assert r.status == "ok", r
-            t = time.perf_counter()
-            exec(code, {})
-            bare.append(time.perf_counter() - t)
-            t = time.perf_counter()
-            _raw_wait_blocking(kc, kc.execute(LOOP_CODE))
-            rawloop.append(time.perf_counter() - t)
-            r = k.execute(TIMED_LOOP_CODE)
-            inner.append(float(r.outputs[0]["text"]))
-        res["loop"] = (kern, bare, rawloop, inner)
+        res["loop"] = loop_rounds(k, loops, kc)
 
         ours, raw = [], []
         for _ in range(loops):

@@ -6,7 +6,10 @@ Run from the repository root:  ``python -m bench.limits_bench [--rounds N]``
   execs the kernel) against no limits, rounds interleaved so drift hits both;
 * a trivial execute round trip (``1+1``) on each: limits cost nothing once the kernel runs;
 * the kernel's address space (VmSize) against its data (VmData) idle and after importing
-  numpy + pandas: why the memory limit is RLIMIT_DATA with an RLIMIT_AS margin.
+  numpy + pandas: why the memory limit is RLIMIT_DATA with an RLIMIT_AS margin;
+* :func:`bench_memory` (used by ``python -m bench``): the resident memory of an agent's kernel
+  (helper + prelude) idle and after ``import pandas``, next to a raw jupyter_client kernel of
+  the same command line and to the same agent kernel under every limit.
 
 Medians throughout.
 """
@@ -20,6 +23,7 @@ import time
 
 from nbagent.kernel.limits import ResourceLimits
 from nbagent.kernel.session import KernelSession
+from nbagent.prelude import PRELUDE
 
 LIMITS = ResourceLimits(
     memory="2G", cpu_seconds=3600, processes=256, open_files=1024, file_size="1G"
@@ -52,6 +56,47 @@ def _memory(session: KernelSession) -> tuple[int, int]:
     text = session.execute(STATUS).outputs[0]["text"]
     size, data = (int(x) // 1024 for x in text.split())
     return size, data
+
+
+def _rss_mb(pid: int | None) -> float:
+    import psutil
+
+    assert pid is not None
+    return float(psutil.Process(pid).memory_info().rss) / 2**20
+
+
+def bench_memory() -> dict[str, tuple[float, float]]:
+    """Kernel RSS in MB, (idle, after ``import pandas``): raw jupyter_client, nbagent, limited."""
+    from jupyter_client.manager import KernelManager
+
+    from bench.kernel_bench import raw_manager
+
+    out: dict[str, tuple[float, float]] = {}
+    km = raw_manager(KernelManager)
+    km.start_kernel()
+    kc = km.blocking_client()
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=60)
+        kc.execute_interactive("pass", timeout=60)
+        idle = _rss_mb(km.provisioner.pid)  # type: ignore[union-attr]
+        kc.execute_interactive("import pandas", timeout=120)
+        out["raw"] = (idle, _rss_mb(km.provisioner.pid))  # type: ignore[union-attr]
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+    cwd = tempfile.mkdtemp(prefix="nbagent-bench-")
+    for name, limits in (("nbagent", None), ("limited", LIMITS)):
+        session = KernelSession(resource_limits=limits, cwd=cwd, startup_code=PRELUDE)
+        session.start()
+        try:
+            session.execute("1")
+            idle = _rss_mb(session.pid)
+            assert session.execute("import pandas", timeout=120).status == "ok"
+            out[name] = (idle, _rss_mb(session.pid))
+        finally:
+            session.shutdown()
+    return out
 
 
 def main() -> None:

@@ -252,7 +252,42 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_model_options(demo)
     demo.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+    _add_eval_parser(sub)
     return parser
+
+
+def _add_eval_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="score the agent on an InfiAgent-DABench-style question set",
+        description="Run each question of DIR (da-dev-questions.jsonl, da-dev-labels.jsonl, "
+        "da-dev-tables/) as one agent run and score its @name[value] answers by the official "
+        "DABench rule. Prints a line per question, then a summary line.",
+    )
+    p.add_argument("directory", metavar="DIR", help="the question set")
+    _add_model_options(p)
+    p.add_argument("-o", "--output", metavar="OUTDIR", help="default ./nbagent-evals/<time>-<id>")
+    p.add_argument("--limit", type=_positive_int, metavar="N", help="only the first N questions")
+    p.add_argument(
+        "--concurrency", type=_positive_int, default=4, metavar="N", help="runs at once (default 4)"
+    )
+    p.add_argument(
+        "--max-steps", type=_positive_int, default=10, metavar="N", help="per question (default 10)"
+    )
+    p.add_argument(
+        "--step-timeout",
+        type=_seconds,
+        default=120.0,
+        metavar="S",
+        help="seconds per cell (default 120)",
+    )
+    p.add_argument(
+        "--match",
+        choices=("official", "relaxed"),
+        default="official",
+        help="official: the DABench rule (default); relaxed: also ignore case, whitespace, quotes",
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="only the summary line")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -270,6 +305,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_replay(args)
         if args.command == "batch":
             return _cmd_batch(args)
+        if args.command == "eval":
+            from nbagent.evaluate import run_command
+
+            return run_command(args)
     except KeyboardInterrupt:
         print("nbagent: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
