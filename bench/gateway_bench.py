@@ -46,7 +46,8 @@ def med_ms(xs: list[float]) -> float:
 
 
 async def bench_start(n: int, gateway: Gateway) -> tuple[list[float], list[float]]:
-    local, remote = [], []
+    local: list[float] = []
+    remote: list[float] = []
     for _ in range(n):
         for kind, out in (("local", local), ("gateway", remote)):
             k = KernelSession(backend=gateway.backend() if kind == "gateway" else None)
@@ -92,7 +93,10 @@ async def _raw_execute(ws: Any, session: str, quickack: bool = False) -> None:
 
 
 async def bench_roundtrip(rounds: int, gateway: Gateway) -> dict[str, list[float]]:
-    local, remote, raw, quick = [], [], [], []
+    local: list[float] = []
+    remote: list[float] = []
+    raw: list[float] = []
+    quick: list[float] = []
     headers = {"Authorization": f"token {gateway.token}"} if gateway.token else {}
     async with httpx.AsyncClient(base_url=gateway.url, headers=headers) as rest:
         kernel_id = (await rest.post("/api/kernels", json={"name": "python3"})).json()["id"]
@@ -137,7 +141,8 @@ async def bench_upload(gateway: Gateway, megabytes: int, n: int) -> dict[str, fl
     work.mkdir()
     rates = {}
     for kind in ("local", "gateway"):
-        plain, loaded = [], []
+        plain: list[float] = []
+        loaded: list[float] = []
         for _ in range(n):
             for with_data, out in ((False, plain), (True, loaded)):
                 k = KernelSession(

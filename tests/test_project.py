@@ -56,3 +56,11 @@ def test_modules_stay_small() -> None:
         if (n := len(p.read_text().splitlines())) > 600
     }
     assert not big, f"modules over 600 lines: {big}"
+
+
+def test_mypy_clean() -> None:
+    pytest.importorskip("mypy")
+    proc = subprocess.run(
+        [sys.executable, "-m", "mypy", "nbagent", "bench"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
