@@ -7,7 +7,7 @@ installed. It defines, in the kernel's namespace:
   looks for; the run ends with ``str(value)`` once the cell completes without an error;
 * a display formatter that adds a short summary (shape, dtypes, head) of DataFrames, Series and
   large arrays under ``text/x-nbagent-summary``, so the model reads a summary, not a dump;
-* ``_printed[N]`` — the full text cell ``N`` printed (last 10 cells, 50 MB each), so an
+* ``_printed[N]`` — the full text cell ``N`` printed (last 5 cells, 20 MB each), so an
   observation cut to a few thousand characters can point at the rest.
 
 ``SETUP_CELL`` is the part a plain kernel needs to re-execute a transcript (``final_answer``).
@@ -88,28 +88,36 @@ def _nbagent_setup():
     printed = {}
     ip.user_ns["_printed"] = printed
     state = {"buf": None, "size": 0}
-    cap = 50_000_000
+    cap = 20_000_000
 
     def _tee(stream):
-        write = stream.write
+        # Put tee_write in front of the stream's write unless it is in the chain already
+        # (wrappers name what they wrap in __wrapped__). Done before every cell: IPython 9
+        # wraps write per cell and puts the old one back after it.
+        current = link = stream.write
+        while link is not None:
+            if getattr(link, "_nbagent_tee", False):
+                return
+            link = getattr(link, "__wrapped__", None)
 
-        def tee_write(text, _write=write):
+        def tee_write(text, _write=current):
             buf = state["buf"]
             if buf is not None and isinstance(text, str) and state["size"] < cap:
                 buf.append(text[: cap - state["size"]])
                 state["size"] += len(text)
             return _write(text)
 
+        tee_write._nbagent_tee = True
+        tee_write.__wrapped__ = current
         stream.write = tee_write
-
-    for stream in (sys.stdout, sys.stderr):
-        if not getattr(stream.write, "__name__", "") == "tee_write":
-            _tee(stream)
 
     def _pre(info=None):
         silent = info is not None and (info.silent or not info.store_history)
         state["buf"] = None if silent else []
         state["size"] = 0
+        if not silent:
+            for stream in (sys.stdout, sys.stderr):
+                _tee(stream)
 
     def _post(result):
         buf = state["buf"]
@@ -117,7 +125,7 @@ def _nbagent_setup():
         if buf is None or result.execution_count is None:
             return
         printed[result.execution_count] = "".join(buf)
-        for old in sorted(printed)[:-10]:
+        for old in sorted(printed)[:-5]:
             del printed[old]
 
     ip.events.register("pre_run_cell", _pre)

@@ -245,3 +245,13 @@ def test_bad_arguments_are_clear_errors(kernel: KernelSession) -> None:
         KernelSession(kernel_cmd=["python", "-m", "ipykernel_launcher"])
     with pytest.raises(ConfigError, match="local backend only"):
         KernelSession(backend=kernel.backend, log_path="x.log")
+
+
+def test_the_output_bound_holds_on_every_cell_not_only_the_first(kernel: KernelSession) -> None:
+    """IPython 9 re-wraps ``sys.stdout.write`` for every cell and restores it after; the bound
+    must be back in place each time (it once held only for the cell that installed it)."""
+    for _ in range(3):
+        r = kernel.execute("for i in range(200):\n    print('y' * 100_000)", timeout=120)
+        assert r.status == "ok", r.error
+        assert r.dropped_chars > 10_000_000
+        assert sum(len(o.get("text", "")) for o in r.outputs) < 1_100_000

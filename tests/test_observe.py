@@ -152,3 +152,26 @@ def test_final_answer_display_is_not_repeated_to_the_model() -> None:
 def test_clean_text_handles_progress_bars_and_controls() -> None:
     assert clean_text("10%\r50%\r100%\ndone\x00\x07") == "100%\ndone"
     assert clean_text("\x1b[1;32mgreen\x1b[0m \x1b]0;title\x07ok") == "green ok"
+
+
+def test_prelude_keeps_printed_text_across_cells_without_nesting() -> None:
+    """The prelude's tee re-attaches before each cell without wrapping itself again."""
+    from nbagent.kernel.session import KernelSession
+    from nbagent.prelude import PRELUDE
+
+    with KernelSession(startup_code=PRELUDE) as k:
+        counts = []
+        for i in range(4):
+            r = k.execute(f"print('cell {i}')", timeout=60)
+            counts.append(r.execution_count)
+        r = k.execute(
+            "import sys\n"
+            "depth, f = 0, sys.stdout.write\n"
+            "while f is not None:\n"
+            "    depth += 1; f = getattr(f, '__wrapped__', None)\n"
+            f"print(sorted(_printed), repr(_printed[{counts[-1]}]), depth < 6)",
+            timeout=60,
+        )
+    text = r.outputs[0]["text"]
+    assert "'cell 3\\n'" in text and text.strip().endswith("True"), text
+    assert str(counts[-1]) in text

@@ -39,10 +39,33 @@ class _Limiter:
     def __init__(self, stream, head, tail):
         self.stream = stream
         self.orig = stream.write
+        self._front = None
         self.head_limit = head
         self.tail_limit = tail
         self.lock = threading.Lock()
         self.reset()
+
+    def attach(self):
+        """Put ourselves in front of the stream's ``write`` unless we are already in its chain.
+
+        Runs at every ``pre_run_cell``: IPython 9 wraps ``write`` itself for every cell
+        (``InteractiveShell._tee``) and puts back what was there before the cell when it ends,
+        so a wrapper installed once, inside a cell, would be gone after it. Wrappers name what
+        they wrap in ``__wrapped__``, so we find ourselves however many sit in front of us.
+        """
+        current = link = self.stream.write
+        while link is not None:
+            if link is self._front:
+                return
+            link = getattr(link, "__wrapped__", None)
+
+        def front(s, _self=self):
+            return _self.write(s)
+
+        front.__wrapped__ = current
+        self.orig = current
+        self._front = front
+        self.stream.write = front
 
     def reset(self):
         self.head_left = self.head_limit
@@ -102,6 +125,7 @@ _limiters: list = []
 def _reset(*_args):
     for lim in _limiters:
         lim.reset()
+        lim.attach()
 
 
 def _finish(*_args):
@@ -165,9 +189,8 @@ def _install(config):
     if head <= 0:
         return
     for name in ("stdout", "stderr"):
-        stream = getattr(sys, name)
-        lim = _Limiter(stream, head, tail)
-        stream.write = lim.write
+        lim = _Limiter(getattr(sys, name), head, tail)
+        lim.attach()
         _limiters.append(lim)
     ip.events.register("pre_run_cell", _reset)
     ip.events.register("post_run_cell", _finish)
