@@ -74,6 +74,8 @@ _SOCKET_TYPES: dict[Channel, int] = {
 }
 #: Seconds a SIGTERMed kernel gets before SIGKILL during an orderly shutdown.
 _TERM_WAIT = 2.0
+#: How long a kernel that answered shutdown_request may take to exit before SIGTERM.
+_AFTER_REPLY = 1.0
 
 _context: zmq.asyncio.Context | None = None
 
@@ -412,11 +414,18 @@ class LocalBackend:
             return False
         return True
 
-    async def _wait_exit(self, wait: float) -> bool:
+    async def _wait_exit(self, wait: float, *, after_reply: float | None = None) -> bool:
+        """Wait up to ``wait`` s for the process to exit; with ``after_reply``, at most that
+        long once the kernel has answered ``shutdown_request`` (ipykernel 7.4 sometimes
+        deadlocks closing itself after its reply, and would cost the whole ``wait``)."""
         deadline = time.monotonic() + wait
         while self.is_alive():
             if time.monotonic() >= deadline:
                 return False
+            if after_reply is not None:
+                for msg in await drain(self._queue, 0):
+                    if msg.get("msg_type") == "shutdown_reply":
+                        deadline = min(deadline, time.monotonic() + after_reply)
             await asyncio.sleep(0.02)
         return True
 
@@ -426,7 +435,7 @@ class LocalBackend:
         if polite and self.is_alive():
             with contextlib.suppress(Exception):
                 await self.send("control", "shutdown_request", {"restart": False})
-                await self._wait_exit(wait)
+                await self._wait_exit(wait, after_reply=_AFTER_REPLY)
         if self.is_alive():
             self._signal_group(signal.SIGTERM)
             if not await self._wait_exit(_TERM_WAIT):
