@@ -4,8 +4,10 @@ The notebooks in ``notebooks/`` ship with outputs, and those outputs must be rea
 notebook this runner starts a :class:`~tests.scripted_server.ScriptedServer` that answers from
 ``tests/notebook_scripts/<name>.json``, points the notebook's kernel at it (``NBAGENT_MODEL`` and
 ``NBAGENT_BASE_URL`` in the kernel's environment, API keys removed), and executes the notebook
-with nbclient in a fresh working directory — a temporary copy, so a run neither depends on nor
-leaves behind the files a previous run made (``penguins.csv``, transcripts, batch results).
+with nbclient (kernel ``python3``) in a fresh, empty working directory: a temporary folder that
+stands for a clean ``notebooks/``, so a run neither depends on nor leaves behind the files a
+previous run made (``penguins.csv``, transcripts, batch results), and no path of this machine
+can reach the outputs.
 Only the model's words are scripted: every line of code in the replies runs in a real agent
 kernel and computes what the notebook shows.
 
@@ -130,15 +132,16 @@ def _warm_matplotlib() -> None:
         import matplotlib.font_manager  # noqa: F401
 
 
-def execute(name: str, workdir: Path, *, source: Path | None = None) -> nbformat.NotebookNode:
-    """Execute ``notebooks/<name>.ipynb`` (or ``source``) in ``workdir``; return it, cleaned.
+def execute(name: str, workdir: Path) -> nbformat.NotebookNode:
+    """Execute ``notebooks/<name>.ipynb`` in ``workdir``; return it, cleaned (the file is only
+    read).
 
     Raises nbclient's ``CellExecutionError`` when a cell fails.
     """
     from nbclient import NotebookClient
 
     _warm_matplotlib()
-    nb = nbformat.read(source or NOTEBOOKS / f"{name}.ipynb", as_version=4)
+    nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
     script = TurnScript.load(SCRIPTS / f"{name}.json")
     workdir.mkdir(parents=True, exist_ok=True)
     with ScriptedServer(responder=script) as server:
@@ -230,7 +233,7 @@ def main(argv: Iterable[str] | None = None) -> int:
             else:
                 workdir = Path(stack.enter_context(tempfile.TemporaryDirectory())) / name
             stored = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
-            fresh = execute(name, workdir, source=None)
+            fresh = execute(name, workdir)
             seconds = time.monotonic() - t0
             if args.write:
                 path = write(name, copy.deepcopy(fresh))
