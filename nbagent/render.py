@@ -331,7 +331,8 @@ def answer_html(run: RunView) -> str:
     text = run.answer if run.answer is not None else run.reason
     if run.status == "failed" and run.error_type:
         text = f"{run.error_type}: {text}"
-    facts = [f"{run.step} step{'s' * (run.step != 1)}", seconds(run.duration)]
+    taken = len(run.steps)  # step numbers go on across follow-ups; count this run's own
+    facts = [f"{taken} step{'s' * (taken != 1)}", seconds(run.duration)]
     if run.usage.total_tokens:
         facts.append(f"{run.usage.total_tokens:,} tokens")
     if run.answer is not None and run.reason and run.status != "answered":

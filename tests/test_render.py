@@ -103,6 +103,23 @@ def test_html_summary_of_failures_and_follow_ups() -> None:
     assert "superseded by a new run" in html
 
 
+def test_a_follow_up_summary_counts_its_own_steps() -> None:
+    # Step numbers go on across a session's runs: the follow-up's steps are 4 and 5.
+    follow_up = [
+        ev.RunStarted(run_id="run-2", task="And then?", model="m", turn=2),
+        *reply(4, "```python\nx = 1\n```"),
+        *cell(4, "x = 1", []),
+        *reply(5, "```python\nfinal_answer(x)\n```"),
+        *cell(5, "final_answer(x)", []),
+        ev.RunFinished(
+            status="answered", answer="1", reason="", steps=2, usage=ev.Usage(), duration=1.0
+        ),
+    ]
+    html = render_html([*first_run(), *follow_up])
+    answers = re.findall(r'nba-answer-text">([^<]*)</div><div class="nba-dim">([^<]*)<', html)
+    assert [facts.split(" · ")[0] for _, facts in answers] == ["3 steps", "2 steps"]
+
+
 def test_code_is_escaped_by_the_highlighter() -> None:
     html = highlight("s = '</pre><script>alert(1)</script>'")
     assert "<script>" not in html and "&lt;script&gt;" in html
