@@ -26,7 +26,16 @@ from typing import TYPE_CHECKING, Any
 from nbagent import _sync
 from nbagent.actions import ACTIONS, Action
 from nbagent.errors import ConfigError, NbAgentError
-from nbagent.events import Event, KernelStatus, Notice, RunFinished, RunStarted, RunStatus, Usage
+from nbagent.events import (
+    Event,
+    InputsPushed,
+    KernelStatus,
+    Notice,
+    RunFinished,
+    RunStarted,
+    RunStatus,
+    Usage,
+)
 from nbagent.kernel.limits import ResourceLimits
 from nbagent.kernel.session import KernelSession
 from nbagent.kernel.upload import DataFile, collect_data, describe_data
@@ -284,11 +293,13 @@ class Agent:
     # -- variables in and out ----------------------------------------------------------------
 
     async def apush(self, values: Mapping[str, Any]) -> None:
-        """Copy host values into the agent's kernel (safe formats only)."""
+        """Copy host values into the agent's kernel (safe formats only); listeners get an
+        ``InputsPushed`` event, so a transcript can recreate them on re-execution."""
         self._bind_loop()
         await self._ensure_kernel()
         assert self._kernel is not None
-        await self._kernel.apush(values)
+        payload = await self._kernel.apush(values)
+        self._notify(InputsPushed(names=tuple(values), payload=payload))
 
     async def apull(self, names: Sequence[str]) -> dict[str, Any]:
         """Copy variables out of the agent's kernel (safe formats only, never unpickled)."""

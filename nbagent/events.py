@@ -29,6 +29,7 @@ __all__ = [
     "CodeProposed",
     "CodeSkipped",
     "Event",
+    "InputsPushed",
     "KernelStatus",
     "ModelReplied",
     "ModelRetry",
@@ -107,6 +108,18 @@ class KernelStatus(Event):
 
     status: str
     detail: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class InputsPushed(Event):
+    """Host values were copied into the agent's kernel (``push``, ``%agent -i``).
+
+    ``payload`` is their safe encoding (JSON text: JSON values, ``.npy`` or Parquet/JSON-table
+    as base64), so a transcript can recreate them when it is re-executed.
+    """
+
+    names: tuple[str, ...]
+    payload: str
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -15,7 +15,48 @@ installed. It defines, in the kernel's namespace:
 
 from __future__ import annotations
 
-__all__ = ["PRELUDE", "SETUP_CELL"]
+__all__ = ["PRELUDE", "SETUP_CELL", "inputs_cell"]
+
+#: Largest encoded inputs a transcript embeds (beyond it, a cell says what to load instead).
+MAX_EMBEDDED_INPUTS = 50_000_000
+
+_INPUTS_DECODER = '''
+def _nbagent_inputs(payload):
+    """Recreate values given to the agent from their safe encoding (never pickle)."""
+    import base64, io, json
+    values = {}
+    for name, item in json.loads(payload).items():
+        if item["kind"] == "json":
+            values[name] = json.loads(item["json"])
+        elif item["kind"] == "ndarray":
+            import numpy as np
+            raw = io.BytesIO(base64.b64decode(item["b64"]))
+            values[name] = np.load(raw, allow_pickle=False)
+        elif item.get("format") == "parquet":
+            import pandas as pd
+            values[name] = pd.read_parquet(io.BytesIO(base64.b64decode(item["b64"])))
+        else:
+            import pandas as pd
+            values[name] = pd.read_json(io.StringIO(item["json"]), orient="table")
+    globals().update(values)
+'''
+
+
+def inputs_cell(names: tuple[str, ...], payload: str) -> str:
+    """Source of a transcript cell that recreates pushed values in a plain kernel."""
+    listed = ", ".join(names)
+    if len(payload) > MAX_EMBEDDED_INPUTS:
+        size = len(payload) / 1e6
+        return (
+            f"# The agent was given {listed} ({size:.0f} MB encoded): too large to keep here.\n"
+            f"raise RuntimeError('define {listed} yourself before re-running this notebook')\n"
+        )
+    return (
+        f"# Values given to the agent ({listed}), recreated from their safe encoding.\n"
+        + _INPUTS_DECODER.strip()
+        + f"\n\n\n_nbagent_inputs({payload!r})\n"
+    )
+
 
 _FINAL_ANSWER = '''
 def final_answer(answer):

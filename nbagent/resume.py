@@ -53,6 +53,8 @@ def restore_conversation(nb: nbformat.NotebookNode, system: str) -> Restored:
             if messages[-1].role == "user":
                 messages.pop()  # folded into the follow-up's message, as the agent does
             messages.append(Message("user", prompt))
+        elif role == "inputs":
+            restored.code.append(cell.source)  # values given with push / -i, recreated
         elif role in ("step", "reply", "answer"):
             if isinstance(info.get("step"), int):
                 restored.steps = max(restored.steps, info["step"])

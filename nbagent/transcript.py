@@ -43,6 +43,7 @@ from nbagent.events import (
     CodeProposed,
     CodeSkipped,
     Event,
+    InputsPushed,
     ModelReplied,
     Observation,
     PlanMade,
@@ -51,7 +52,7 @@ from nbagent.events import (
     ToolCalled,
 )
 from nbagent.observe import SUMMARY_MIME
-from nbagent.prelude import SETUP_CELL
+from nbagent.prelude import SETUP_CELL, inputs_cell
 from nbagent.toolstubs import replay_setup
 
 __all__ = ["Transcript", "atomic_write_notebook", "read_transcript"]
@@ -147,6 +148,14 @@ class Transcript:
                     metadata={"nbagent": {"role": "plan", "step": event.step}},
                 )
             )
+        elif isinstance(event, InputsPushed):
+            self.nb.cells.append(
+                nbformat.v4.new_code_cell(
+                    inputs_cell(event.names, event.payload),
+                    metadata={"nbagent": {"role": "inputs", "names": list(event.names)}},
+                )
+            )
+            self._autosave()
         elif isinstance(event, CodeSkipped):
             self._code_cell(event.step, event.code, status="skipped", note=event.reason)
         elif isinstance(event, CellFinished):

@@ -249,3 +249,30 @@ def test_killing_the_process_mid_run_leaves_a_valid_notebook(
     nbformat.validate(nb)
     steps = [c for c in nb.cells if c.metadata.get("nbagent", {}).get("role") == "step"]
     assert len(steps) == 1 and steps[0].outputs[0]["text"] == "step one\n"
+
+
+def test_pushed_inputs_travel_with_the_transcript(
+    scripted_openai: ScriptedServer, tmp_path: Path
+) -> None:
+    """Values given with push / %agent -i are recreated by the transcript itself, so it
+    re-executes, replays and resumes without the user's session."""
+    import numpy as np
+    import pandas as pd
+
+    df = pd.DataFrame({"city": ["Oslo", "Lima", "Pune"], "pop": [0.7, 10.1, 7.4]})
+    scripted_openai.add(py("big = df[df['pop'] > 1]\nfinal_answer(len(big) + int(weights.sum()))"))
+    path = tmp_path / "run.ipynb"
+    with Agent(scripted_model(scripted_openai), workdir=tmp_path) as agent:
+        agent.add_listener(Transcript(path))
+        agent.push({"df": df, "weights": np.arange(4), "label": "it's \"quoted\" '''"})
+        assert agent.run("How many big cities?").answer == "8"
+    nb = nbformat.read(path, as_version=4)
+    inputs = [c for c in nb.cells if c.metadata.get("nbagent", {}).get("role") == "inputs"]
+    source = inputs[0].source
+    assert len(inputs) == 1 and "import pickle" not in source and "pickle.load" not in source
+    report = replay(path)
+    assert report.ok, report.format()
+    scripted_openai.add(py("final_answer(f'{label} {df.shape[0]}')"))
+    with Agent(scripted_model(scripted_openai), workdir=tmp_path) as agent:
+        agent.resume(path)
+        assert agent.run("Label and rows?").answer == "it's \"quoted\" ''' 3"

@@ -534,8 +534,9 @@ class KernelSession:
 
     # -- variables ---------------------------------------------------------------------------
 
-    async def apush(self, values: Mapping[str, Any], *, timeout: float = 120.0) -> None:
-        """Set variables in the kernel from host values, in safe formats only.
+    async def apush(self, values: Mapping[str, Any], *, timeout: float = 120.0) -> str:
+        """Set variables in the kernel from host values, in safe formats only; returns the
+        encoded payload (JSON text), which a transcript can keep to recreate them.
 
         Raises:
             TransferError: A name is invalid, a value has no safe format, or the kernel failed
@@ -547,6 +548,7 @@ class KernelSession:
             reply = await self._internal_guarded(f"{_HELPER}._push({payload!r})", timeout)
         if reply.get("status") != "ok":
             raise TransferError(f"the kernel could not receive the values: {error_line(reply)}")
+        return payload
 
     async def apull(self, names: Sequence[str], *, timeout: float = 120.0) -> dict[str, Any]:
         """Return kernel variables as host values; nothing is ever unpickled.
