@@ -36,10 +36,11 @@ import time
 from collections.abc import Callable
 from html import escape
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+from IPython.core import magic as _ipy_magic
 from IPython.core.error import UsageError
-from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, no_var_expand
+from IPython.core.magic import Magics, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 from traitlets import Bool, Float, Int, Unicode
 
@@ -60,6 +61,12 @@ from nbagent.magic_text import (
 from nbagent.render import TextRenderer, render_html, render_text
 from nbagent.steps import Decision
 from nbagent.transcript import Transcript
+
+# IPython 9 types these decorators and IPython 8 does not: seen as Any, one source type-checks
+# against both.
+line_magic: Any = _ipy_magic.line_magic
+cell_magic: Any = _ipy_magic.cell_magic
+no_var_expand: Any = _ipy_magic.no_var_expand
 
 __all__ = [
     "AgentInterrupted",
@@ -305,7 +312,7 @@ class NbAgentMagics(Magics):
             tokens, rest = split_options(line, greedy_names=cell is not None)
         except OptionError as exc:
             raise UsageError(str(exc)) from None
-        args = self.agent.parser.parse_args(tokens)
+        args = cast(Any, self.agent).parser.parse_args(tokens)
         namespace = self.shell.user_ns
         task = substitute("\n".join(p for p in (rest, cell or "") if p.strip()).strip(), namespace)
         if args.stop:

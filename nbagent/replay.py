@@ -7,6 +7,8 @@ compared after normalising what legitimately changes between runs:
 
 * memory addresses (``0x7f…``), durations (``1.23 s``, ``45 ms``) and ISO timestamps;
 * ANSI escapes, and tracebacks (only ``ename: evalue`` is compared: file paths differ);
+* HTML character references (``&quot;`` and ``"`` read the same; libraries differ in which
+  they write);
 * execution counts and output metadata;
 * image bytes, unless ``strict_images`` (fonts and library versions change pixels, not meaning).
 
@@ -16,6 +18,7 @@ The report lists each differing cell with a unified diff; the command exits 0 wh
 from __future__ import annotations
 
 import difflib
+import html
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -115,7 +118,10 @@ def normalise_outputs(
                 elif isinstance(value, (dict, list)) and not mime.startswith("text/"):
                     lines.append(f"[{kind} {mime}] {value!r}")
                 else:
-                    body = _norm_text(_join(value))
+                    text = _join(value)
+                    if mime == "text/html":  # &quot; and " are the same text to a reader
+                        text = html.unescape(text)
+                    body = _norm_text(text)
                     lines.extend(f"[{kind} {mime}] {line}" for line in body.split("\n"))
     flush()
     return lines
