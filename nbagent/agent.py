@@ -73,6 +73,22 @@ class RunResult:
         return self.status == "answered"
 
 
+def _name_kernel(options: dict[str, Any], name: str) -> None:
+    """Put kernelspec ``name`` in the kernel options: the gateway's, else a local one (checked
+    now, so an unknown or non-Python name fails before the model is called)."""
+    if options.get("gateway") is not None:
+        from dataclasses import replace
+
+        options["gateway"] = replace(options["gateway"], kernel_name=name)
+    elif options.get("backend") is None:
+        from nbagent.kernel.specs import find_kernelspec
+
+        find_kernelspec(name)
+        options["kernel_name"] = name
+    else:
+        raise ConfigError("a kernel name applies to local or gateway kernels, not to a backend")
+
+
 class Agent:
     """A code agent whose actions run in its own live IPython kernel.
 
@@ -109,6 +125,9 @@ class Agent:
             ``kernel_options["gateway"]``.
         data: files and directories to upload into the kernel's working directory when it
             starts (checked now; the model is told which files are there).
+        kernel: the kernelspec that runs the code: an installed Python kernelspec (another
+            environment's Python; ``jupyter kernelspec list``), or with a gateway, the
+            gateway's kernelspec. Default: this Python's ipykernel (a gateway's "python3").
     """
 
     def __init__(
@@ -138,6 +157,7 @@ class Agent:
         planning_interval: int | None = None,
         gateway: str | Gateway | None = None,
         data: Sequence[str | os.PathLike[str] | DataFile] = (),
+        kernel: str | None = None,
     ) -> None:
         if max_steps < 1:
             raise ConfigError(f"max_steps must be at least 1, got {max_steps}")
@@ -184,6 +204,8 @@ class Agent:
             if self.kernel_options.get("backend") is not None:
                 raise ConfigError("give either a gateway or a backend, not both")
             self.kernel_options["gateway"] = Gateway.coerce(self.kernel_options["gateway"])
+        if kernel is not None:
+            _name_kernel(self.kernel_options, kernel)
         files = collect_data([*self.kernel_options.get("data", ()), *data])
         if files:
             self.kernel_options["data"] = files

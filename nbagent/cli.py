@@ -97,13 +97,21 @@ def _add_gateway_options(p: argparse.ArgumentParser) -> None:
         help="run the kernel on this Jupyter Kernel Gateway or Enterprise Gateway "
         "(env JUPYTER_GATEWAY_URL; token from JUPYTER_GATEWAY_AUTH_TOKEN)",
     )
-    p.add_argument("--kernel-name", metavar="NAME", help="the gateway's kernelspec (python3)")
+    p.add_argument(
+        "--kernel",
+        "--kernel-name",
+        dest="kernel_name",
+        metavar="NAME",
+        help="the kernelspec that runs the code: an installed Python kernel of another "
+        "environment (jupyter kernelspec list), or the gateway's (python3)",
+    )
 
 
 def _gateway(args: argparse.Namespace) -> Gateway | None:
+    """The gateway asked for (its kernelspec is set with the Agent's ``kernel``)."""
     from nbagent.kernel.gateway import Gateway
 
-    return Gateway.from_env(args.gateway, kernel_name=args.kernel_name)
+    return Gateway.from_env(args.gateway)
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
@@ -382,6 +390,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             planning_interval=args.plan_every,
             gateway=gateway,
             data=args.data if gateway is not None else (),
+            kernel=args.kernel_name,
         )
     except NbAgentError:
         if fresh:
@@ -414,6 +423,7 @@ def _cmd_batch(args: argparse.Namespace) -> int:
             "time_limit": args.time_limit,
             "token_budget": args.token_budget,
             "env": args.env,
+            "kernel": args.kernel_name,
         },
         progress=None if args.quiet else sys.stderr,
     )

@@ -282,6 +282,9 @@ class NbAgentMagics(Magics):
     time_limit = Float(None, allow_none=True, help="Default seconds per run.").tag(config=True)
     vision = Bool(None, allow_none=True, help="Send images to the model.").tag(config=True)
     widgets = Bool(True, help="Use the live panel when a kernel can show it.").tag(config=True)
+    kernel_name = Unicode(
+        None, allow_none=True, help="Kernelspec that runs the agent's code (another env's Python)."
+    ).tag(config=True)
 
     shell: Any  # the InteractiveShell (IPython types it as optional)
 
@@ -371,6 +374,7 @@ class NbAgentMagics(Magics):
                 tools=self._tools(names_of(args.tools)),
                 action=args.action or "code",
                 planning_interval=args.plan_every,
+                kernel=self.kernel_name or None,
             )
         except NbAgentError as exc:
             raise UsageError(str(exc)) from None

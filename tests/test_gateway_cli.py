@@ -88,18 +88,3 @@ def test_run_with_a_bad_token_fails_clearly(
     assert "HTTP 401" in last and ENV_TOKEN in last
     assert "not-the-token-123456" not in out + err
     assert kernel_gateway.kernel_ids() == before
-
-
-def test_kernel_name_without_a_gateway_is_a_usage_error(
-    scripted_openai: ScriptedServer,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    monkeypatch.delenv(ENV_URL, raising=False)
-    args = ["run", "--model", scripted_openai.model_spec(), "--base-url", scripted_openai.base_url]
-    assert main([*args, "--kernel-name", "python3", "Go."]) == 2
-    assert (
-        "a kernel name needs a gateway (--gateway or JUPYTER_GATEWAY_URL)"
-        in capsys.readouterr().err
-    )
-    assert scripted_openai.chat_requests == []

@@ -243,7 +243,7 @@ def test_bad_arguments_are_clear_errors(kernel: KernelSession) -> None:
         kernel.execute("1", timeout=0)
     with pytest.raises(ConfigError, match=re.escape("must contain '{connection_file}'")):
         KernelSession(kernel_cmd=["python", "-m", "ipykernel_launcher"])
-    with pytest.raises(ConfigError, match="local backend only"):
+    with pytest.raises(ConfigError, match="apply to local kernels only"):
         KernelSession(backend=kernel.backend, log_path="x.log")
 
 

@@ -16,7 +16,7 @@ import pytest
 from nbagent.errors import ConfigError
 from nbagent.kernel import _limits
 from nbagent.kernel.limits import AS_MARGIN, GiB, MiB, ResourceLimits, format_size, parse_size
-from nbagent.kernel.local import DEFAULT_KERNEL_CMD
+from nbagent.kernel.local import DEFAULT_KERNEL_CMD, LocalBackend
 from nbagent.kernel.session import KernelSession
 
 LAUNCHER = str(Path(_limits.__file__))
@@ -128,10 +128,14 @@ def test_wrap_puts_the_isolated_launcher_in_front() -> None:
 
 
 def test_a_session_without_limits_runs_the_plain_kernel_command() -> None:
-    session = KernelSession()
-    assert session.backend._cmd == DEFAULT_KERNEL_CMD  # type: ignore[attr-defined]
-    limited = KernelSession(resource_limits=ResourceLimits(cpu_seconds=5))
-    assert limited.backend._cmd[3] == LAUNCHER  # type: ignore[attr-defined]
+    backend = KernelSession().backend
+    assert isinstance(backend, LocalBackend)
+    assert backend.kernelspec.argv == list(DEFAULT_KERNEL_CMD)
+    assert not backend.resource_limits
+    limited = KernelSession(resource_limits=ResourceLimits(cpu_seconds=5)).backend
+    assert isinstance(limited, LocalBackend)
+    assert limited.resource_limits.cpu_seconds == 5
+    assert limited.resource_limits.wrap(["k"])[3] == LAUNCHER
 
 
 def test_limits_with_another_backend_are_a_config_error() -> None:

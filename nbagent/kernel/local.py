@@ -8,10 +8,16 @@ What it owns and why:
   SIGKILLed are swept when a later session starts.
 * **IPC transport**: no TCP ports to clash when twenty kernels start at once, nothing listening
   on the network, and no "running over TCP without encryption" warning.
-* **The process**, started with ``start_new_session=True`` so that it leads its own process
-  group: SIGINT (interrupt) and SIGTERM/SIGKILL (shutdown) reach the code's children too, and a
-  Ctrl-C in the user's terminal does not reach the kernel. ``JPY_PARENT_PID`` makes ipykernel
-  poll for its parent and exit when the host is gone, even after a SIGKILL.
+* **The process**, started by jupyter_client's kernel manager and the kernelspec's provisioner
+  (:mod:`.specs`: an installed kernelspec by name, or a command line), which on POSIX start it
+  in a new session so that it leads its own process group: SIGINT (interrupt) and
+  SIGTERM/SIGKILL (shutdown) reach the code's children too, and a Ctrl-C in the user's terminal
+  does not reach the kernel. ``JPY_PARENT_PID`` makes ipykernel poll for its parent and exit
+  when the host is gone, even after a SIGKILL. nbagent keeps the last word on the launch: the
+  resource-limit launcher goes in front of the kernelspec's command, and secrets that the
+  kernelspec's ``env`` would add are dropped (:func:`.specs.spec_env`). The provisioner must run
+  a local process (jupyter_client's ``LocalProvisioner`` or a subclass): the shutdown ladder,
+  the reaper and the limits act on that process group.
 * **Its stdout/stderr** go to the log file, never to the user's terminal.
 
 Messages are encoded and checked here (HMAC, JSON) rather than by ``Session.deserialize``:
@@ -42,13 +48,17 @@ from typing import Any
 
 import zmq
 import zmq.asyncio
-from jupyter_client.connect import write_connection_file
+from jupyter_client.kernelspec import KernelSpec
+from jupyter_client.manager import AsyncKernelManager
+from jupyter_client.provisioning import LocalProvisioner
 from jupyter_client.session import Session
 
 from nbagent.errors import ConfigError, KernelStartupError
 from nbagent.kernel import _reaper
 from nbagent.kernel._limits import pid_alive
 from nbagent.kernel.base import Channel, KernelMessage, drain
+from nbagent.kernel.limits import ResourceLimits
+from nbagent.kernel.specs import OneSpec, command_spec, find_kernelspec, spec_env
 
 __all__ = ["DEFAULT_KERNEL_CMD", "LocalBackend"]
 
@@ -141,20 +151,32 @@ class LocalBackend:
     Args:
         kernel_cmd: The command line; ``{connection_file}`` is replaced by the connection
             file's path. Defaults to this Python's ipykernel with in-memory history.
+        kernel_name: An installed Python kernelspec to start instead (checked now; see
+            :mod:`.specs`).
         log_path: File that receives the kernel's stdout/stderr (appended to). Default: a file
             in the private runtime directory, removed at shutdown.
+        resource_limits: Bounds applied by the launcher put in front of the kernel's command.
     """
 
     def __init__(
         self,
         kernel_cmd: Sequence[str] | None = None,
         *,
+        kernel_name: str | None = None,
         log_path: str | os.PathLike[str] | None = None,
+        resource_limits: ResourceLimits | None = None,
     ) -> None:
-        cmd = tuple(kernel_cmd) if kernel_cmd is not None else DEFAULT_KERNEL_CMD
-        if not cmd or not any("{connection_file}" in part for part in cmd):
-            raise ConfigError("kernel_cmd must contain '{connection_file}'")
-        self._cmd = cmd
+        if kernel_name is not None:
+            if kernel_cmd is not None:
+                raise ConfigError("give either kernel_cmd or kernel_name, not both")
+            self._spec = find_kernelspec(kernel_name)
+            self._spec_name = kernel_name.strip()
+        else:
+            cmd = tuple(kernel_cmd) if kernel_cmd is not None else DEFAULT_KERNEL_CMD
+            if not cmd or not any("{connection_file}" in part for part in cmd):
+                raise ConfigError("kernel_cmd must contain '{connection_file}'")
+            self._spec, self._spec_name = command_spec(cmd), "nbagent"
+        self._limits = resource_limits or ResourceLimits()
         self._user_log = Path(log_path) if log_path is not None else None
         self._runtime: Path | None = None
         self._proc: subprocess.Popen[bytes] | None = None
@@ -168,6 +190,7 @@ class LocalBackend:
         self._auth: hmac.HMAC | None = None
         self._cwd = ""
         self._env: dict[str, str] = {}
+        self._manager: AsyncKernelManager | None = None
 
     # -- properties --------------------------------------------------------------------------
 
@@ -179,6 +202,15 @@ class LocalBackend:
     def log_path(self) -> str | None:
         path = self._log_file()
         return str(path) if path is not None else None
+
+    @property
+    def kernelspec(self) -> KernelSpec:
+        """The kernelspec this backend starts (an installed one, or one for a command line)."""
+        return self._spec
+
+    @property
+    def resource_limits(self) -> ResourceLimits:
+        return self._limits
 
     @property
     def runtime_dir(self) -> str | None:
@@ -215,46 +247,58 @@ class LocalBackend:
 
     async def _launch_and_wait(self) -> None:
         assert self._runtime is not None
-        conn_file = self._runtime / "kernel.json"
-        key = secrets.token_hex(32)
         for old in self._runtime.glob("k-*"):
             old.unlink(missing_ok=True)
-        write_connection_file(
-            str(conn_file),
-            transport="ipc",
-            ip=str(self._runtime / "k"),
-            key=key.encode(),
-            signature_scheme="hmac-sha256",
-        )
-        info = json.loads(conn_file.read_text())
-        cmd = [part.replace("{connection_file}", str(conn_file)) for part in self._cmd]
-        env = dict(self._env)
-        env["JPY_PARENT_PID"] = str(os.getpid())
-        log_file = self._log_file()
-        assert log_file is not None
         if not os.path.isdir(self._cwd):
             raise KernelStartupError(f"working directory {self._cwd!r} does not exist")
+        self._session = Session(key=secrets.token_hex(32).encode(), signature_scheme="hmac-sha256")
+        self._auth = hmac.new(self._session.key, digestmod=hashlib.sha256)
+        km = self._manager = AsyncKernelManager(
+            kernel_name=self._spec_name,
+            kernel_spec_manager=OneSpec(self._spec),
+            transport="ipc",
+            ip=str(self._runtime / "k"),
+            connection_file=str(self._runtime / "kernel.json"),
+            session=self._session,
+        )
+        log_file = self._log_file()
+        assert log_file is not None
         with open(log_file, "ab") as logf:
-            try:
-                self._proc = subprocess.Popen(
-                    cmd,
-                    stdin=subprocess.DEVNULL,
-                    stdout=logf,
-                    stderr=subprocess.STDOUT,
-                    cwd=self._cwd,
-                    env=env,
-                    start_new_session=True,
-                    close_fds=True,
+            # The kernelspec's env and the provisioner's preparation, then nbagent's last word.
+            cmd, kw = await km.pre_start_kernel(
+                env=self._env,
+                cwd=self._cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+            )
+            provisioner = km.provisioner
+            if not isinstance(provisioner, LocalProvisioner):
+                raise KernelStartupError(
+                    f"kernelspec {self._spec_name!r} uses the provisioner "
+                    f"{type(provisioner).__name__}, which does not start a local process; "
+                    "run such kernels through a gateway"
                 )
+            kw["env"] = spec_env(self._env, kw["env"])
+            if shutil.which(cmd[0]) is None:
+                raise KernelStartupError(f"cannot run kernel command {cmd[0]!r}: not found")
+            if self._limits:
+                cmd = list(self._limits.wrap(cmd))
+            try:
+                await provisioner.launch_kernel(cmd, **kw)
             except OSError as exc:
                 raise KernelStartupError(f"cannot run kernel command {cmd[0]!r}: {exc}") from None
-        self._pgid = self._proc.pid  # a new session: the kernel leads its own process group
-        self._session = Session(key=key.encode(), signature_scheme="hmac-sha256")
-        self._auth = hmac.new(key.encode(), digestmod=hashlib.sha256)
-        self._connect(info)
+        self._proc = proc = provisioner.process
+        assert proc is not None
+        if provisioner.pgid != provisioner.pid:  # signals would miss its children, or hit ours
+            proc.kill()
+            raise KernelStartupError("the kernel was not started in a process group of its own")
+        self._pgid = provisioner.pgid
+        await provisioner.post_launch(**kw)
+        self._connect(km.get_connection_info())
         await self._wait_ready()
 
-    def _connect(self, info: dict[str, Any]) -> None:
+    def _connect(self, info: Mapping[str, Any]) -> None:
         assert self._session is not None
         ctx = _zmq_context()
         self._queue = asyncio.Queue()
@@ -387,7 +431,10 @@ class LocalBackend:
         return f"exit code {code}"
 
     async def interrupt(self) -> None:
-        self._signal_group(signal.SIGINT)
+        if self._spec.interrupt_mode == "message":
+            await self.send("control", "interrupt_request", {})
+        else:
+            self._signal_group(signal.SIGINT)
 
     async def restart(self, *, timeout: float) -> None:
         # No shutdown request: a restart follows a hang or a death, or the state is being
@@ -447,6 +494,10 @@ class LocalBackend:
             self._signal_group(signal.SIGKILL)
         self._close_sockets()
         self._pgid = None
+        manager, self._manager = self._manager, None
+        if manager is not None:  # the provisioner's own clean-up (the files go with the dir)
+            with contextlib.suppress(Exception):
+                await manager.cleanup_resources()
 
     def _close_sockets(self) -> None:
         for task in self._readers:

@@ -41,7 +41,7 @@ from nbagent.kernel._limits import sweep_cgroups
 from nbagent.kernel.base import ExecStatus, ExecutionResult, KernelBackend, OutputCallback
 from nbagent.kernel.env import scrub_env
 from nbagent.kernel.limits import ResourceLimits
-from nbagent.kernel.local import DEFAULT_KERNEL_CMD, LocalBackend
+from nbagent.kernel.local import LocalBackend
 from nbagent.kernel.outputs import OutputAssembler, OutputLimits, error_line, error_of_reply
 from nbagent.kernel.transfer import (
     TRANSFER_MIME,
@@ -96,6 +96,8 @@ class KernelSession:
             them (see :mod:`nbagent.kernel.env`).
         extra_env: Variables to set in the kernel, passed as given.
         kernel_cmd: Local kernel command; ``{connection_file}`` is substituted.
+        kernel_name: An installed Python kernelspec to start locally instead of this Python's
+            ipykernel (:mod:`nbagent.kernel.specs`); a gateway takes its own kernel name.
         startup_code: Run silently after every start and restart.
         startup_timeout: Seconds allowed for the kernel to start and run ``startup_code``.
         interrupt_grace: After a timeout's interrupt, seconds to wait before restarting.
@@ -130,16 +132,21 @@ class KernelSession:
         shutdown_timeout: float = 5.0,
         resource_limits: ResourceLimits | None = None,
         data: Sequence[str | os.PathLike[str] | DataFile] = (),
+        kernel_name: str | None = None,
     ) -> None:
-        if backend is not None and (kernel_cmd is not None or log_path is not None):
-            raise ConfigError("kernel_cmd and log_path apply to the local backend only")
+        local = (kernel_cmd, kernel_name, log_path)
+        if backend is not None and any(x is not None for x in local):
+            raise ConfigError("kernel_cmd, kernel_name and log_path apply to local kernels only")
         if min(max_output_chars, max_outputs, max_output_bytes) < 2:
             raise ConfigError("output limits must be at least 2")
         self.resource_limits = resource_limits or ResourceLimits()
         self.resource_limits.check_backend(backend)
-        if self.resource_limits:
-            kernel_cmd = self.resource_limits.wrap(kernel_cmd or DEFAULT_KERNEL_CMD)
-        self._backend: KernelBackend = backend or LocalBackend(kernel_cmd, log_path=log_path)
+        self._backend: KernelBackend = backend or LocalBackend(
+            kernel_cmd,
+            kernel_name=kernel_name,
+            log_path=log_path,
+            resource_limits=self.resource_limits,
+        )
         self._cwd = os.path.abspath(os.fspath(cwd) if cwd is not None else os.getcwd())
         self._passthrough = tuple(env_passthrough)
         self._extra_env = dict(extra_env or {})
