@@ -22,7 +22,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
@@ -35,9 +34,8 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from nbagent import _sync
 from nbagent.errors import ConfigError, NbAgentError
-from nbagent.events import RunFinished
 from nbagent.kernel.upload import DataFile, collect_data
-from nbagent.transcript import Transcript
+from nbagent.runner import probe_model, run_agent, run_bounded
 
 if TYPE_CHECKING:
     from nbagent.kernel.gateway import Gateway
@@ -186,7 +184,7 @@ async def arun_batch(
     if concurrency < 1:
         raise ConfigError(f"concurrency must be at least 1, got {concurrency}")
     options = dict(agent_options or {})
-    await _check_model(options)  # a missing model fails once, before anything runs
+    await probe_model(options)  # a missing model fails once, before anything runs
     out = Path(output)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -194,20 +192,19 @@ async def arun_batch(
     except OSError as exc:
         raise ConfigError(f"cannot write to the output folder {out}: {exc}") from None
     board = _Progress(progress, len(tasks))
-    gate = asyncio.Semaphore(concurrency)
     t0 = time.monotonic()
 
-    async def guarded(task: BatchTask) -> TaskResult:
-        async with gate:
-            board.started()
-            result = await _run_one(task, out, gateway, options)
-            results_file.write(json.dumps(asdict(result), ensure_ascii=False) + "\n")
-            results_file.flush()
-            board.finished(result)
-            return result
+    async def one(task: BatchTask) -> TaskResult:
+        board.started()
+        return await _run_one(task, out, gateway, options)
+
+    def record(result: TaskResult) -> None:
+        results_file.write(json.dumps(asdict(result), ensure_ascii=False) + "\n")
+        results_file.flush()
+        board.finished(result)
 
     try:
-        results = await asyncio.gather(*(guarded(t) for t in tasks))
+        results = await run_bounded(tasks, one, concurrency=concurrency, on_done=record)
     finally:
         results_file.close()
         board.close()
@@ -217,73 +214,51 @@ async def arun_batch(
 run_batch = _sync.sync_method(arun_batch)
 
 
-async def _check_model(options: Mapping[str, Any]) -> None:
-    model = options.get("model")
-    if model is None or isinstance(model, str):
-        from nbagent.llm import make_model
-
-        probe = make_model(
-            model,
-            base_url=options.get("base_url"),
-            api_key=options.get("api_key"),
-            vision=options.get("vision"),
-        )
-        await probe.aclose()
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, NbAgentError):
+        return str(exc)
+    if isinstance(exc, OSError):
+        return f"{type(exc).__name__}: {exc}"
+    return f"internal error: {type(exc).__name__}: {exc}"  # a bug must not stop the others
 
 
 async def _run_one(
     task: BatchTask, out: Path, gateway: str | Gateway | None, options: dict[str, Any]
 ) -> TaskResult:
-    from nbagent.agent import Agent
-
     t0 = time.monotonic()
     path = out / f"{task.id}.ipynb"
-    transcript = Transcript(path)
     workdir = out / task.id
-    end: RunFinished | None = None
-    error: str | None = None
     try:
         if gateway is None:
             workdir.mkdir(exist_ok=True)
-        agent = Agent(
-            **options,
-            workdir=workdir if gateway is None else out,
-            gateway=gateway,
-            data=task.data,
-        )
-        agent.add_listener(transcript)
-        async with agent:
-            async for event in agent.astream(task.task):
-                if isinstance(event, RunFinished):
-                    end = event
-    except NbAgentError as exc:
-        error = str(exc)
     except OSError as exc:
-        error = f"{type(exc).__name__}: {exc}"
-    except Exception as exc:  # a bug must not stop the other tasks; say what it was
-        error = f"internal error: {type(exc).__name__}: {exc}"
-    saved: str | None = None
-    if transcript.nb.cells:
-        try:
-            transcript.save()
-            saved = str(path)
-        except NbAgentError as exc:
-            error = error or str(exc)
+        seconds = round(time.monotonic() - t0, 3)
+        return TaskResult(task.id, "failed", None, 0, 0, seconds, _describe(exc), None)
+    agent_options = {
+        **options,
+        "workdir": workdir if gateway is None else out,
+        "gateway": gateway,
+        "data": task.data,
+    }
+    outcome = await run_agent(task.task, path, agent_options)
+    error = _describe(outcome.error) if outcome.error is not None else None
+    if outcome.save_error is not None:
+        error = error or str(outcome.save_error)
     if gateway is None:
         with contextlib.suppress(OSError):
             workdir.rmdir()  # only when the task left nothing there
-    status = end.status if end is not None else "failed"
+    end = outcome.end
     if end is not None and end.status == "failed" and error is None:
         error = end.reason
     return TaskResult(
         id=task.id,
-        status=status,
-        answer=end.answer if end is not None else None,
-        steps=end.steps if end is not None else 0,
+        status=outcome.status,
+        answer=outcome.answer,
+        steps=outcome.steps,
         tokens=end.usage.input_tokens + end.usage.output_tokens if end is not None else 0,
         seconds=round(time.monotonic() - t0, 3),
         error=error,
-        transcript=saved,
+        transcript=str(path) if outcome.saved else None,
     )
 
 

@@ -24,8 +24,6 @@ fail the same way.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import json
 import os
 import re
@@ -51,7 +49,7 @@ from nbagent.dabench import (
     score_answer,
 )
 from nbagent.errors import AuthenticationError, ConfigError, NbAgentError
-from nbagent.events import Event, RunFinished
+from nbagent.runner import probe_model, run_agent, run_bounded
 
 __all__ = ["EvalReport", "QuestionResult", "aevaluate", "evaluate"]
 
@@ -208,9 +206,6 @@ class _Runner:
         self.tables, self.out, self.options, self.match = tables, out, agent_options, match
 
     async def run(self, q: Question) -> QuestionResult:
-        from nbagent.agent import Agent
-        from nbagent.transcript import Transcript
-
         name = _safe_name(q.id)
         workdir = self.out / "runs" / name
         notebook = self.out / "transcripts" / f"{name}.ipynb"
@@ -219,34 +214,19 @@ class _Runner:
             shutil.copy2(self.tables / q.file_name, workdir / q.file_name)
         except OSError as exc:
             raise ConfigError(f"could not copy {q.file_name} into {workdir}: {exc}") from None
-        transcript = Transcript(notebook)
-        finished: list[RunFinished] = []
-
-        def keep_end(event: Event) -> None:
-            if isinstance(event, RunFinished):
-                finished.append(event)
-
-        started, t0 = time.time(), time.monotonic()
-        error: str | None = None
-        agent = Agent(workdir=workdir, on_event=transcript, **self.options)
-        agent.add_listener(keep_end)
-        try:
-            async with agent:
-                await agent.arun(build_task(q))
-        except (AuthenticationError, ConfigError):
-            raise
-        except NbAgentError as exc:
-            error = f"{type(exc).__name__}: {exc}"
-        finally:
-            if transcript.nb.cells:
-                with contextlib.suppress(NbAgentError):
-                    transcript.save()
-        seconds = time.monotonic() - t0
-        end = finished[-1] if finished else None
-        answer = end.answer if end is not None else None
+        outcome = await run_agent(
+            build_task(q),
+            notebook,
+            {**self.options, "workdir": workdir},
+            catch=(NbAgentError,),
+            fatal=(AuthenticationError, ConfigError),  # every run would fail the same way
+        )
+        failure = outcome.error
+        error = f"{type(failure).__name__}: {failure}" if failure is not None else None
+        end = outcome.end
         if error is None and end is not None and end.status != "answered":
             error = end.reason
-        score = score_answer(answer, q.labels, self.match)
+        score = score_answer(outcome.answer, q.labels, self.match)
         usage = end.usage if end is not None else None
         return QuestionResult(
             id=q.id,
@@ -256,14 +236,14 @@ class _Runner:
             correctness=score.correctness,
             predicted=score.predicted,
             expected=dict(q.labels),
-            answer=answer,
-            status=end.status if end is not None else "failed",
-            steps=end.steps if end is not None else 0,
+            answer=outcome.answer,
+            status=outcome.status,
+            steps=outcome.steps,
             input_tokens=usage.input_tokens if usage else 0,
             output_tokens=usage.output_tokens if usage else 0,
             requests=usage.requests if usage else 0,
-            started=started,
-            seconds=seconds,
+            started=outcome.started,
+            seconds=outcome.seconds,
             error=error,
             transcript=str(notebook.relative_to(self.out)),
             workdir=str(workdir.relative_to(self.out)),
@@ -310,8 +290,6 @@ async def aevaluate(
         ConfigError: A bad question set or setting (before any run starts).
         AuthenticationError: The model refused the key (the evaluation stops).
     """
-    from nbagent.llm import make_model
-
     if concurrency < 1:
         raise ConfigError(f"concurrency must be at least 1, got {concurrency}")
     if limit is not None and limit < 1:
@@ -319,8 +297,7 @@ async def aevaluate(
     if match not in MATCHES:
         raise ConfigError(f"match must be one of {', '.join(MATCHES)}, got {match!r}")
     questions = load_questions(directory, limit=limit)
-    probe = make_model(model, base_url=base_url, api_key=api_key)  # a bad model string fails now
-    await probe.aclose()
+    await probe_model({"model": model, "base_url": base_url, "api_key": api_key})
     out = _output_dir(output)
     options = {
         "model": model,
@@ -331,32 +308,23 @@ async def aevaluate(
         **agent_options,
     }
     runner = _Runner(Path(directory).expanduser() / TABLES_DIR, out, options, match)
-    gate = asyncio.Semaphore(concurrency)
-
-    async def one(q: Question) -> QuestionResult:
-        async with gate:
-            return await runner.run(q)
-
     t0 = time.monotonic()
-    done: dict[str, QuestionResult] = {}
-    tasks = [asyncio.ensure_future(one(q)) for q in questions]
-    results_path = out / RESULTS_FILE
-    try:
-        with results_path.open("a", encoding="utf-8") as sink:
-            for next_done in asyncio.as_completed(tasks):
-                result = await next_done
-                done[str(result.id)] = result
-                sink.write(json.dumps(result.to_json(), ensure_ascii=False) + "\n")
-                sink.flush()
-                if on_result is not None:
-                    on_result(result, len(done), len(questions))
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-    ordered = tuple(done[str(q.id)] for q in questions)
+    with (out / RESULTS_FILE).open("a", encoding="utf-8") as sink:
+        count = 0
+
+        def record(result: QuestionResult) -> None:
+            nonlocal count
+            count += 1
+            sink.write(json.dumps(result.to_json(), ensure_ascii=False) + "\n")
+            sink.flush()
+            if on_result is not None:
+                on_result(result, count, len(questions))
+
+        ordered = tuple(
+            await run_bounded(questions, runner.run, concurrency=concurrency, on_done=record)
+        )
     report = EvalReport(ordered, out, match, time.monotonic() - t0)
-    _write_atomic(results_path, "".join(json.dumps(r.to_json()) + "\n" for r in ordered))
+    _write_atomic(out / RESULTS_FILE, "".join(json.dumps(r.to_json()) + "\n" for r in ordered))
     _write_atomic(out / SUMMARY_FILE, json.dumps(report.summary(), indent=2) + "\n")
     return report
 
