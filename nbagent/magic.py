@@ -62,8 +62,7 @@ from nbagent.render import TextRenderer, render_html, render_text
 from nbagent.steps import Decision
 from nbagent.transcript import Transcript
 
-# IPython 9 types these decorators and IPython 8 does not: seen as Any, one source type-checks
-# against both.
+# IPython 9 types these decorators, IPython 8 does not: as Any, one source checks against both.
 line_magic: Any = _ipy_magic.line_magic
 cell_magic: Any = _ipy_magic.cell_magic
 no_var_expand: Any = _ipy_magic.no_var_expand
@@ -282,9 +281,7 @@ class NbAgentMagics(Magics):
     time_limit = Float(None, allow_none=True, help="Default seconds per run.").tag(config=True)
     vision = Bool(None, allow_none=True, help="Send images to the model.").tag(config=True)
     widgets = Bool(True, help="Use the live panel when a kernel can show it.").tag(config=True)
-    kernel_name = Unicode(
-        None, allow_none=True, help="Kernelspec that runs the agent's code (another env's Python)."
-    ).tag(config=True)
+    kernel_name = Unicode(None, allow_none=True, help="Kernelspec for its code.").tag(config=True)
 
     shell: Any  # the InteractiveShell (IPython types it as optional)
 

@@ -163,3 +163,31 @@ def test_with_a_gateway_the_kernel_name_is_the_gateways() -> None:
     )
     assert agent.kernel_options["gateway"].kernel_name == "r"
     assert "kernel_name" not in agent.kernel_options
+
+
+def test_magic_config_kernel_name_picks_the_kernelspec(
+    scripted_openai: ScriptedServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from IPython.core.error import UsageError
+    from IPython.testing.globalipapp import get_ipython
+
+    jupyter = tmp_path / "jupyter"
+    env = {"SPEC_MARK": "from-the-mine-spec"}
+    write_spec(jupyter, "mine", argv=list(DEFAULT_KERNEL_CMD), language="python", env=env)
+    monkeypatch.setenv("JUPYTER_PATH", str(jupyter))
+    for name, value in scripted_openai.env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.chdir(tmp_path)
+    ip = get_ipython()
+    ip.run_line_magic("load_ext", "nbagent")
+    magics = ip.magics_manager.registry["NbAgentMagics"]
+    try:
+        ip.run_line_magic("config", 'NbAgentMagics.kernel_name = "nope"')
+        with pytest.raises(UsageError, match="no kernelspec named 'nope'"):
+            ip.run_line_magic("agent", "--new Go.")
+        ip.run_line_magic("config", 'NbAgentMagics.kernel_name = "mine"')
+        scripted_openai.add(py("import os\nfinal_answer(os.environ['SPEC_MARK'])"))
+        assert ip.run_line_magic("agent", "--new Go.") == "from-the-mine-spec"
+    finally:
+        magics.close()
+        magics.kernel_name = None
