@@ -16,9 +16,7 @@ per call or ``nest_asyncio``:
 from __future__ import annotations
 
 import asyncio
-import atexit
 import concurrent.futures
-import contextlib
 import functools
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
@@ -101,31 +99,3 @@ def sync_method(afunc: Callable[P, Awaitable[T]]) -> Callable[P, T]:
     wrapper.__name__ = name[1:] if name.startswith("a") else name
     wrapper.__doc__ = f"Blocking form of :meth:`{name}`.\n\n{afunc.__doc__ or ''}"
     return wrapper
-
-
-_shutdown_hooks: list[Callable[[], Awaitable[None]]] = []
-
-
-def on_exit(hook: Callable[[], Awaitable[None]]) -> Callable[[], None]:
-    """Register an async clean-up to run on the loop at interpreter exit; returns an undo."""
-    _shutdown_hooks.append(hook)
-
-    def undo() -> None:
-        with contextlib.suppress(ValueError):
-            _shutdown_hooks.remove(hook)
-
-    return undo
-
-
-@atexit.register
-def _run_exit_hooks() -> None:
-    if not _shutdown_hooks or _loop is None or _loop.is_closed():
-        return
-    hooks = list(_shutdown_hooks)
-    _shutdown_hooks.clear()
-
-    async def _all() -> None:
-        await asyncio.gather(*(h() for h in hooks), return_exceptions=True)
-
-    with contextlib.suppress(BaseException):
-        asyncio.run_coroutine_threadsafe(_all(), _loop).result(15)

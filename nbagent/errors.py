@@ -12,14 +12,13 @@ NbAgentError
 │                               a stream cut before its end or carrying an error event
 ├── KernelError                 the execution kernel could not be used
 │   ├── KernelStartupError      it did not start (bad kernelspec, crash, start timeout)
-│   ├── KernelDiedError         it died and could not be brought back
-│   └── ExecutionTimeoutError   raised only by callers that ask for it; the agent reports
-│                               timeouts as observations instead
+│   └── KernelDiedError         it died and could not be brought back
 ├── TransferError               a value could not cross between host and kernel safely
 ├── TranscriptError             a transcript could not be written or read
-├── ToolError                   a host tool was misdeclared or failed outside kernel code
-└── RunLimitError               a run hit max steps, its wall-clock limit or token budget
+└── ToolError                   a host tool was misdeclared or failed outside kernel code
 ```
+
+A run that reaches a limit (steps, time, tokens) is not an error: it ends with status "limit".
 
 Errors in *generated code* are never raised in the host: they become observations for the model.
 Every message is one line, names what failed, and never contains an API key.
@@ -30,7 +29,6 @@ from __future__ import annotations
 __all__ = [
     "AuthenticationError",
     "ConfigError",
-    "ExecutionTimeoutError",
     "KernelDiedError",
     "KernelError",
     "KernelStartupError",
@@ -40,7 +38,6 @@ __all__ = [
     "ModelResponseError",
     "NbAgentError",
     "RateLimitError",
-    "RunLimitError",
     "ToolError",
     "TranscriptError",
     "TransferError",
@@ -96,10 +93,6 @@ class KernelDiedError(KernelError):
     """The kernel died and could not be restarted."""
 
 
-class ExecutionTimeoutError(KernelError):
-    """An execution exceeded its timeout (only for callers that ask for an exception)."""
-
-
 class TransferError(NbAgentError):
     """A value could not be moved between host and kernel in a safe format."""
 
@@ -110,11 +103,3 @@ class TranscriptError(NbAgentError):
 
 class ToolError(NbAgentError):
     """A host tool is misdeclared, or failed outside the kernel code that called it."""
-
-
-class RunLimitError(NbAgentError):
-    """A run stopped at a limit: max steps, wall-clock time or token budget."""
-
-    def __init__(self, message: str, *, reason: str) -> None:
-        super().__init__(message)
-        self.reason = reason

@@ -51,7 +51,7 @@ from nbagent.kernel.transfer import (
     host_formats,
     transfer_bundle,
 )
-from nbagent.kernel.upload import DataFile, collect_data, upload_files
+from nbagent.kernel.upload import CHUNK_TIMEOUT, DataFile, collect_data, upload_files
 
 __all__ = ["KernelSession", "StdinHandler"]
 
@@ -245,7 +245,7 @@ class KernelSession:
                 raise KernelStartupError(f"startup_code failed: {error_line(reply)}")
         if self.data:
             await upload_files(
-                self.data, lambda code, ue: self._internal(code, 120.0, user_expressions=ue)
+                self.data, lambda code, ue: self._internal(code, CHUNK_TIMEOUT, user_expressions=ue)
             )
 
     async def _restart(self) -> bool:
