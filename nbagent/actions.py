@@ -26,6 +26,7 @@ from typing import Literal
 
 from nbagent.llm.base import Completion, Message, ToolCall, ToolSpec
 from nbagent.parsing import parse_reply
+from nbagent.text import shorten
 
 __all__ = [
     "ACTIONS",
@@ -116,7 +117,7 @@ def read_reply(completion: Completion, action: Action, host_tools: Collection[st
         return _with_problem(
             reading,
             'run_python needs JSON arguments {"code": "<python source>"}; got '
-            f"{_short(first.arguments)!r}. Nothing ran.",
+            f"{shorten(first.arguments, 80)!r}. Nothing ran.",
         )
     if not code.strip():
         return _with_problem(reading, "run_python got empty code. Nothing ran.")
@@ -152,7 +153,3 @@ def _code_of(arguments: str) -> str | None:
         if fenced.has_code:
             return fenced.code
     return value
-
-
-def _short(text: str, limit: int = 80) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"

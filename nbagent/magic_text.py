@@ -138,7 +138,7 @@ def substitute(text: str, namespace: Mapping[str, Any], limit: int = SUBSTITUTE_
     return _FIELD.sub(replace, text)
 
 
-def _short(items: Sequence[Any], limit: int = 12) -> str:
+def _listing(items: Sequence[Any], limit: int = 12) -> str:
     shown = ", ".join(str(x) for x in items[:limit])
     return shown + (f", … ({len(items) - limit} more)" if len(items) > limit else "")
 
@@ -150,11 +150,11 @@ def describe_value(name: str, value: Any) -> str:
     if module == "pandas" and kind.__name__ == "DataFrame":
         rows, cols = value.shape
         columns = [f"{c} ({t})" for c, t in value.dtypes.astype(str).items()]
-        return f"{name}: pandas DataFrame, {rows:,} rows × {cols} columns: {_short(columns)}"
+        return f"{name}: pandas DataFrame, {rows:,} rows × {cols} columns: {_listing(columns)}"
     if module == "numpy" and kind.__name__ == "ndarray":
         return f"{name}: numpy array, shape {tuple(value.shape)}, dtype {value.dtype}"
     if isinstance(value, dict):
-        return f"{name}: dict with {len(value):,} keys: {_short([repr(k) for k in value])}"
+        return f"{name}: dict with {len(value):,} keys: {_listing([repr(k) for k in value])}"
     if isinstance(value, (list, tuple)):
         return f"{name}: {kind.__name__} of {len(value):,} items (arrives as a list)"
     if isinstance(value, str):

@@ -27,8 +27,9 @@ from html.parser import HTMLParser
 from typing import Any
 
 from nbagent.events import CellFinished
+from nbagent.text import terminal_text
 
-__all__ = ["SUMMARY_MIME", "ObservationParts", "clean_text", "escape_frame", "observe"]
+__all__ = ["SUMMARY_MIME", "ObservationParts", "escape_frame", "observe"]
 
 #: Private MIME type the kernel prelude attaches to DataFrames/Series/arrays: a short summary.
 SUMMARY_MIME = "text/x-nbagent-summary"
@@ -40,8 +41,6 @@ _IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp")
 MAX_IMAGE_BYTES = 3_750_000
 MAX_IMAGES = 4
 
-_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _OBJECT_REPR = re.compile(r"^<[\w.]+ object(?: at 0x[0-9a-f]+)?>$")
 _FRAME_TAG = re.compile(r"<(\s*/?\s*output)", re.IGNORECASE)
 
@@ -54,15 +53,6 @@ class ObservationParts:
     images: list[tuple[str, str]] = field(default_factory=list)
     #: Characters of output left out of ``text``.
     omitted_chars: int = 0
-
-
-def clean_text(text: str) -> str:
-    """Strip ANSI escapes and control characters; resolve carriage-return overwrites."""
-    text = _ANSI.sub("", text)
-    if "\r" in text:
-        text = text.replace("\r\n", "\n")
-        text = "\n".join(line.rsplit("\r", 1)[-1] for line in text.split("\n"))
-    return _CONTROL.sub("", text)
 
 
 def escape_frame(text: str) -> str:
@@ -85,7 +75,7 @@ def observe(
     for out in cell.outputs:
         kind = out.get("output_type")
         if kind == "stream":
-            text = clean_text(_as_text(out.get("text", "")))
+            text = terminal_text(_as_text(out.get("text", "")))
             if out.get("name") == "stderr" and text.strip():
                 text = "".join(f"[stderr] {line}\n" for line in text.rstrip("\n").split("\n"))
             pieces.append(text)
@@ -168,8 +158,8 @@ def _hint(cell: CellFinished) -> str:
 
 def _format_error(out: dict[str, Any], limit: int) -> str:
     ename = str(out.get("ename", "Error"))
-    evalue = clean_text(str(out.get("evalue", "")))
-    traceback = clean_text("\n".join(str(t) for t in out.get("traceback", [])))
+    evalue = terminal_text(str(out.get("evalue", "")))
+    traceback = terminal_text("\n".join(str(t) for t in out.get("traceback", [])))
     head = f"{ename}: {evalue}".strip()
     if len(head) > limit // 2:
         head = head[: limit // 2] + " …"
@@ -193,12 +183,12 @@ def _format_error(out: dict[str, Any], limit: int) -> str:
 def _rich_text(data: dict[str, Any]) -> str:
     if SUMMARY_MIME in data:
         return _as_text(data[SUMMARY_MIME])
-    plain = clean_text(_as_text(data.get("text/plain", "")))
+    plain = terminal_text(_as_text(data.get("text/plain", "")))
     if plain and not _OBJECT_REPR.match(plain.strip()):
         return plain
     for mime in ("text/markdown", "text/latex"):
         if mime in data:
-            return clean_text(_as_text(data[mime]))
+            return terminal_text(_as_text(data[mime]))
     if "text/html" in data:
         return _html_to_text(_as_text(data["text/html"]))
     if "application/json" in data:

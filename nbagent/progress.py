@@ -26,7 +26,7 @@ from nbagent.events import (
     TextDelta,
     ToolCalled,
 )
-from nbagent.observe import clean_text
+from nbagent.text import terminal_text
 
 __all__ = ["Progress"]
 
@@ -142,7 +142,7 @@ def _preview(event: CellFinished, max_lines: int = 6) -> str:
             texts.append(f"{out.get('ename')}: {out.get('evalue')}\n")
         elif out.get("output_type") == "execute_result":
             texts.append(str(out.get("data", {}).get("text/plain", "")) + "\n")
-    lines = clean_text("".join(texts)).rstrip("\n").split("\n")
+    lines = terminal_text("".join(texts)).rstrip("\n").split("\n")
     if lines == [""]:
         return ""
     shown = [f"  │ {line[:160]}" for line in lines[:max_lines]]

@@ -25,7 +25,8 @@ from pygments.formatters import HtmlFormatter
 from pygments.lexers import PythonLexer
 
 from nbagent import events as ev
-from nbagent.sanitize import clean_text, safe_output, strip_ansi
+from nbagent.sanitize import safe_output, safe_str
+from nbagent.text import shorten, strip_ansi
 from nbagent.view import RunLog, RunView, StepView, strip_code_blocks
 
 __all__ = ["CSS", "TextRenderer", "render_html", "render_text"]
@@ -173,12 +174,11 @@ CSS = _css()
 
 
 def _esc(text: Any) -> str:
-    return escape(strip_ansi(clean_text(text)), quote=True)
+    return escape(strip_ansi(safe_str(text)), quote=True)
 
 
-def _short(text: str, limit: int = 300) -> str:
-    text = " ".join(clean_text(text).split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+def _one_line(text: str, limit: int = 300) -> str:
+    return shorten(" ".join(safe_str(text).split()), limit)
 
 
 def seconds(value: float | None) -> str:
@@ -209,7 +209,7 @@ _FORMATTER = HtmlFormatter(nowrap=True, classprefix="nba-h-")
 @functools.lru_cache(maxsize=256)
 def highlight(code: str) -> str:
     """Python source as escaped, pygments-highlighted HTML (classes ``nba-h-*``)."""
-    html = pygments.highlight(clean_text(code), PythonLexer(), _FORMATTER)
+    html = pygments.highlight(safe_str(code), PythonLexer(), _FORMATTER)
     return html.rstrip("\n")
 
 
@@ -278,11 +278,11 @@ def step_top_html(view: StepView) -> str:
 
 
 def _tool(call: ev.ToolCalled) -> str:
-    args = ", ".join(f"{k}={_short(repr(v), 80)}" for k, v in call.arguments.items())
+    args = ", ".join(f"{k}={_one_line(repr(v), 80)}" for k, v in call.arguments.items())
     if call.error:
-        result = f'<span class="nba-err">✕ {_esc(_short(call.error))}</span>'
+        result = f'<span class="nba-err">✕ {_esc(_one_line(call.error))}</span>'
     else:
-        result = f"→ {_esc(_short(repr(call.result)))}"
+        result = f"→ {_esc(_one_line(repr(call.result)))}"
     return (
         f'<div class="nba-tool"><span class="nba-tag">tool</span> '
         f"<code>{_esc(call.name)}({_esc(args)})</code> {result} "
@@ -408,7 +408,7 @@ class TextRenderer:
         """Return what to print for ``event`` (possibly ``""``), ending with a newline."""
         handler = getattr(self, f"_{type(event).__name__}", None)
         text = handler(event) if handler is not None else ""
-        return strip_ansi(clean_text(text)) + "\n" if text else ""
+        return strip_ansi(safe_str(text)) + "\n" if text else ""
 
     def _RunStarted(self, e: ev.RunStarted) -> str:
         self._shown.clear()
@@ -467,8 +467,8 @@ class TextRenderer:
         return "\n".join([*(m for m in missed if m), line])
 
     def _ToolCalled(self, e: ev.ToolCalled) -> str:
-        result = f"error: {e.error}" if e.error else _short(repr(e.result), 120)
-        return f"  ↳ {e.name}({_short(json.dumps(e.arguments, default=str), 120)}) → {result}"
+        result = f"error: {e.error}" if e.error else _one_line(repr(e.result), 120)
+        return f"  ↳ {e.name}({_one_line(json.dumps(e.arguments, default=str), 120)}) → {result}"
 
     def _Notice(self, e: ev.Notice) -> str:
         return f"! {e.level}: {e.message}"

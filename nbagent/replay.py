@@ -27,7 +27,7 @@ from typing import Any
 
 from nbagent.errors import ConfigError
 from nbagent.kernel.session import KernelSession
-from nbagent.observe import clean_text
+from nbagent.text import terminal_text
 from nbagent.transcript import PRIVATE_MIME, read_transcript
 
 __all__ = ["CellDiff", "ReplayReport", "normalise_outputs", "replay"]
@@ -76,7 +76,7 @@ class ReplayReport:
 
 
 def _norm_text(text: str) -> str:
-    text = clean_text(text)
+    text = terminal_text(text)
     text = _TIMESTAMP.sub("<timestamp>", text)
     text = _ADDRESS.sub("0x…", text)
     return _DURATION.sub("<duration>", text)

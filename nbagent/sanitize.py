@@ -33,14 +33,15 @@ from typing import Any
 
 import nh3
 
+from nbagent.text import utf8_safe
+
 __all__ = [
     "HTML_LIMIT",
     "IMAGE_LIMIT",
     "TEXT_LIMIT",
-    "clean_text",
     "safe_output",
+    "safe_str",
     "sanitize_html",
-    "strip_ansi",
 ]
 
 #: Characters of one stream/plain-text output shown (head and tail are kept).
@@ -98,23 +99,16 @@ _HREF = re.compile(r"(?:https?:|mailto:)\S*", re.I)
 _NUMBER = re.compile(r"\d{1,5}%?")
 _WORD = re.compile(r"[a-zA-Z]{1,12}")
 _BASE64 = re.compile(r"[A-Za-z0-9+/=\s]*")
-_ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[@-Z\\-_])")
-_SURROGATE = re.compile(r"[\ud800-\udfff]")
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 
-def clean_text(value: Any) -> str:
-    """Return ``value`` as a str that encodes to UTF-8 and JSON (lone surrogates → U+FFFD)."""
+def safe_str(value: Any) -> str:
+    """``value`` (a str, a list of str as nbformat stores text, anything) as a str that encodes
+    to UTF-8 and JSON (lone surrogates → U+FFFD)."""
     if isinstance(value, list):
         value = "".join(str(v) for v in value)
     elif not isinstance(value, str):
         value = str(value)
-    return _SURROGATE.sub("\ufffd", value)
-
-
-def strip_ansi(text: str) -> str:
-    """Remove ANSI escape sequences and other control characters (newlines and tabs stay)."""
-    return _CONTROL.sub("", _ANSI.sub("", text))
+    return utf8_safe(value)
 
 
 def _bounded(text: str, limit: int) -> str:
@@ -161,7 +155,7 @@ def _filter_attribute(tag: str, attr: str, value: str) -> str | None:
 def sanitize_html(html: str) -> str:
     """Clean untrusted HTML with the conservative allow-list described in the module docstring."""
     html = nh3.clean(
-        clean_text(html),
+        safe_str(html),
         tags=_TAGS,
         clean_content_tags=_DROP_WITH_CONTENT,
         attributes=_ATTRIBUTES,
@@ -196,7 +190,7 @@ def _safe_bundle(
     removed: list[str] = []
     for mime, value in data.items():
         if mime in _KEPT_AS_IS:
-            out[mime] = _bounded(clean_text(value), max_text) if mime == "text/plain" else value
+            out[mime] = _bounded(safe_str(value), max_text) if mime == "text/plain" else value
         elif mime in _RASTER:
             image = _image(value)
             if image is None:
@@ -215,7 +209,7 @@ def _safe_bundle(
                     if dims:
                         meta[mime] = dims
         elif mime == "text/html":
-            html = clean_text(value)
+            html = safe_str(value)
             if len(html) > HTML_LIMIT:
                 removed.append(f"text/html of {len(html):,} characters, too large here")
             else:
@@ -224,14 +218,14 @@ def _safe_bundle(
             removed.append(mime)
     svg = data.get("image/svg+xml")
     if svg is not None and not any(m in out for m in (*_RASTER, "text/html")):
-        svg = clean_text(svg)
+        svg = safe_str(svg)
         if len(svg) <= IMAGE_LIMIT:
             b64 = base64.b64encode(svg.encode("utf-8")).decode("ascii")
             out["text/html"] = f'<img src="data:image/svg+xml;base64,{b64}" alt="SVG image">'
     if "text/plain" not in out:
         fallback = data.get("text/markdown") or data.get("text/latex")
         if isinstance(fallback, str | list):
-            out["text/plain"] = _bounded(clean_text(fallback), max_text)
+            out["text/plain"] = _bounded(safe_str(fallback), max_text)
         elif not out:
             out["text/plain"] = f"[output not shown: {', '.join(removed) or 'empty'}]"
     return out, meta
@@ -259,15 +253,15 @@ def safe_output(output: dict[str, Any], *, max_text: int = TEXT_LIMIT) -> dict[s
         return {
             "output_type": "stream",
             "name": name if name in ("stdout", "stderr") else "stdout",
-            "text": _bounded(clean_text(output.get("text", "")), max_text),
+            "text": _bounded(safe_str(output.get("text", "")), max_text),
         }
     if kind == "error":
         traceback = output.get("traceback")
-        lines = [clean_text(line) for line in traceback] if isinstance(traceback, list) else []
+        lines = [safe_str(line) for line in traceback] if isinstance(traceback, list) else []
         return {
             "output_type": "error",
-            "ename": clean_text(output.get("ename", "Error"))[:200],
-            "evalue": _bounded(clean_text(output.get("evalue", "")), max_text),
+            "ename": safe_str(output.get("ename", "Error"))[:200],
+            "evalue": _bounded(safe_str(output.get("evalue", "")), max_text),
             "traceback": lines[:200],
         }
     if kind in ("display_data", "execute_result"):
@@ -283,4 +277,4 @@ def safe_output(output: dict[str, Any], *, max_text: int = TEXT_LIMIT) -> dict[s
             count = output.get("execution_count")
             result["execution_count"] = count if isinstance(count, int) else None
         return result
-    return _note(f"[output not shown: unsupported output type {clean_text(kind)[:40]!r}]")
+    return _note(f"[output not shown: unsupported output type {safe_str(kind)[:40]!r}]")

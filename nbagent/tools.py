@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, overload
 
 from nbagent.errors import ConfigError, ToolError
+from nbagent.text import shorten
 
 if typing.TYPE_CHECKING:
     from nbagent.llm.base import ToolSpec
@@ -97,7 +98,7 @@ class Tool:
             if p.default is inspect.Parameter.empty:
                 required.append(p.name)
             else:
-                spec["default"] = _short(repr(p.default), 60)
+                spec["default"] = shorten(repr(p.default), 60)
             self._params.append(spec)
         self.parameters: dict[str, Any] = {"type": "object", "properties": properties}
         if required:
@@ -393,10 +394,6 @@ def _indent_of(lines: list[str], name: str) -> int:
         if match and match[1] == name:
             return len(line) - len(line.lstrip())
     return 0
-
-
-def _short(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _what(value: object) -> str:

@@ -46,7 +46,7 @@ from nbagent.render import (
     step_top_html,
     task_html,
 )
-from nbagent.sanitize import clean_text, safe_output
+from nbagent.sanitize import safe_output, safe_str
 from nbagent.view import RunLog, RunView, StepView
 
 __all__ = ["AgentPanel", "ApprovalDecision"]
@@ -457,7 +457,7 @@ class AgentPanel:
             if choice == "edited":
                 sw = self._runs[run_index].steps.get(number)
                 if sw is not None and sw.textarea is not None:
-                    code = clean_text(sw.textarea.value)
+                    code = safe_str(sw.textarea.value)
                     if view is not None:
                         view.code = code
         if future is None or future.done():
@@ -486,7 +486,7 @@ class AgentPanel:
     def _say(self, message: str, error: bool = False) -> None:
         cls = "nba-status nba-err" if error else "nba-status"
         with self._lock:
-            self._message = f'<div class="{cls}">{escape(clean_text(message))}</div>'
+            self._message = f'<div class="{cls}">{escape(safe_str(message))}</div>'
             self._changed()
 
     def _click_stop(self, _button: object = None) -> None:

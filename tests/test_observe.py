@@ -7,7 +7,8 @@ import struct
 import zlib
 
 from nbagent.events import CellFinished
-from nbagent.observe import ANSWER_MIME, SUMMARY_MIME, clean_text, observe
+from nbagent.observe import ANSWER_MIME, SUMMARY_MIME, observe
+from nbagent.text import terminal_text
 
 
 def _cell(*outputs: dict, status: str = "ok", **kw: object) -> CellFinished:
@@ -149,9 +150,9 @@ def test_final_answer_display_is_not_repeated_to_the_model() -> None:
     assert "Final" not in observe(_cell(ans)).text
 
 
-def test_clean_text_handles_progress_bars_and_controls() -> None:
-    assert clean_text("10%\r50%\r100%\ndone\x00\x07") == "100%\ndone"
-    assert clean_text("\x1b[1;32mgreen\x1b[0m \x1b]0;title\x07ok") == "green ok"
+def test_terminal_text_handles_progress_bars_and_controls() -> None:
+    assert terminal_text("10%\r50%\r100%\ndone\x00\x07") == "100%\ndone"
+    assert terminal_text("\x1b[1;32mgreen\x1b[0m \x1b]0;title\x07ok") == "green ok"
 
 
 def test_prelude_keeps_printed_text_across_cells_without_nesting() -> None:

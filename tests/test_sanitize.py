@@ -13,11 +13,11 @@ from nbagent.sanitize import (
     HTML_LIMIT,
     IMAGE_LIMIT,
     TEXT_LIMIT,
-    clean_text,
     safe_output,
+    safe_str,
     sanitize_html,
-    strip_ansi,
 )
+from nbagent.text import strip_ansi
 from tests.panel_events import HOSTILE_HTML, error_output, png_output, table_output
 
 
@@ -239,5 +239,5 @@ def test_strings_become_json_safe() -> None:
     out = safe_output({"output_type": "stream", "name": "stdout", "text": "a\ud800b\x00c"})
     json.dumps(out, ensure_ascii=False).encode("utf-8")  # would raise on a lone surrogate
     assert out["text"] == "a\ufffdb\x00c"
-    assert clean_text(["x", 1]) == "x1"
+    assert safe_str(["x", 1]) == "x1"
     assert strip_ansi("\x1b[31mred\x1b[0m\x1b]0;title\x07 ok\x07") == "red ok"

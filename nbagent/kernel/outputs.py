@@ -28,12 +28,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from nbagent.kernel.base import KernelMessage, OutputCallback
+from nbagent.text import utf8_safe
 
 __all__ = [
     "DROPPED_MIME",
     "OutputAssembler",
     "OutputLimits",
-    "clean_text",
     "error_line",
     "error_of_reply",
 ]
@@ -57,24 +57,13 @@ class OutputLimits:
     max_bytes: int = 100_000_000
 
 
-def clean_text(s: str) -> str:
-    """Return ``s`` with lone surrogates replaced by U+FFFD, so it always encodes as UTF-8."""
-    if s.isascii():
-        return s
-    try:
-        s.encode("utf-8")
-    except UnicodeEncodeError:
-        return s.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-    return s
-
-
 def _clean_json(v: Any) -> Any:
     if isinstance(v, str):
-        return clean_text(v)
+        return utf8_safe(v)
     if isinstance(v, list):
         return [_clean_json(x) for x in v]
     if isinstance(v, dict):
-        return {clean_text(str(k)): _clean_json(x) for k, x in v.items()}
+        return {utf8_safe(str(k)): _clean_json(x) for k, x in v.items()}
     return v
 
 
@@ -203,7 +192,7 @@ class OutputAssembler:
             text = content.get("text")
             if isinstance(text, str) and text:
                 self._before_output()
-                self._add_text(str(content.get("name") or "stdout"), clean_text(text))
+                self._add_text(str(content.get("name") or "stdout"), utf8_safe(text))
         elif msg_type in ("display_data", "execute_result"):
             self._display(msg_type, content)
         elif msg_type == "update_display_data":
@@ -213,9 +202,9 @@ class OutputAssembler:
         elif msg_type == "error":
             tb = content.get("traceback") or []
             self.error = {
-                "ename": clean_text(str(content.get("ename", ""))),
-                "evalue": clean_text(str(content.get("evalue", ""))),
-                "traceback": [clean_text(str(line)) for line in tb],
+                "ename": utf8_safe(str(content.get("ename", ""))),
+                "evalue": utf8_safe(str(content.get("evalue", ""))),
+                "traceback": [utf8_safe(str(line)) for line in tb],
             }
             self._before_output()
             self._add_rich({"output_type": "error", **self.error}, None)

@@ -25,7 +25,14 @@ from typing import Any
 from nbagent.errors import ConfigError
 from nbagent.events import Usage
 from nbagent.llm.base import Completion, ImagePart, Message, TextPart, ToolCall, ToolSpec
-from nbagent.llm.client import HTTPChatModel, StreamBroken, StreamParser, error_text, str_field
+from nbagent.llm.client import (
+    HTTPChatModel,
+    StreamBroken,
+    StreamParser,
+    count,
+    error_text,
+    str_field,
+)
 from nbagent.llm.openai import IMAGE_OMITTED
 from nbagent.llm.sse import ServerSentEvent
 
@@ -43,10 +50,6 @@ _FINISH = {
 }
 
 
-def _int(value: object) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-
 @dataclass
 class _Tokens:
     """Anthropic's usage counters; later events update the fields they carry."""
@@ -60,13 +63,13 @@ class _Tokens:
         if not isinstance(data, dict):
             return
         if "input_tokens" in data:
-            self.input = _int(data["input_tokens"])
+            self.input = count(data["input_tokens"])
         if "output_tokens" in data:
-            self.output = _int(data["output_tokens"])
+            self.output = count(data["output_tokens"])
         if "cache_read_input_tokens" in data:
-            self.cache_read = _int(data["cache_read_input_tokens"])
+            self.cache_read = count(data["cache_read_input_tokens"])
         if "cache_creation_input_tokens" in data:
-            self.cache_write = _int(data["cache_creation_input_tokens"])
+            self.cache_write = count(data["cache_creation_input_tokens"])
 
     def usage(self) -> Usage:
         return Usage(

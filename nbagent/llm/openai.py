@@ -21,7 +21,14 @@ from typing import Any
 from nbagent.errors import ConfigError
 from nbagent.events import Usage
 from nbagent.llm.base import Completion, ImagePart, Message, TextPart, ToolCall, ToolSpec
-from nbagent.llm.client import HTTPChatModel, StreamBroken, StreamParser, error_text, str_field
+from nbagent.llm.client import (
+    HTTPChatModel,
+    StreamBroken,
+    StreamParser,
+    count,
+    error_text,
+    str_field,
+)
 from nbagent.llm.sse import ServerSentEvent
 
 __all__ = ["IMAGE_OMITTED", "OpenAIChatModel", "normalise_finish_reason"]
@@ -50,17 +57,13 @@ def normalise_finish_reason(raw: object) -> str:
     return _FINISH.get(raw, "other") if isinstance(raw, str) else "other"
 
 
-def _int(value: object) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-
 def _usage(data: dict[str, Any]) -> Usage:
     details = data.get("prompt_tokens_details")
     cached = details.get("cached_tokens") if isinstance(details, dict) else None
     return Usage(
-        input_tokens=_int(data.get("prompt_tokens")),
-        output_tokens=_int(data.get("completion_tokens")),
-        cached_tokens=_int(cached),
+        input_tokens=count(data.get("prompt_tokens")),
+        output_tokens=count(data.get("completion_tokens")),
+        cached_tokens=count(cached),
         requests=1,
     )
 
