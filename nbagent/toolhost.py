@@ -84,44 +84,28 @@ class ToolHost:
         call_id: object = None
         name = ""
         arguments: dict[str, Any] = {}
+
+        def report(**outcome: Any) -> None:
+            if name:  # a payload that names no tool reports nothing
+                duration = time.monotonic() - t0
+                emit(
+                    ToolCalled(
+                        step=step, name=name, arguments=arguments, duration=duration, **outcome
+                    )
+                )
+
         try:
             call_id, name, arguments = self._parse(payload)
             result_text = await self._run(name, arguments)
         except _Refused as exc:
             error = str(exc)
         except asyncio.CancelledError:
-            if name:
-                emit(
-                    ToolCalled(
-                        step=step,
-                        name=name,
-                        arguments=arguments,
-                        error="cancelled: the cell was interrupted",
-                        duration=time.monotonic() - t0,
-                    )
-                )
+            report(error="cancelled: the cell was interrupted")
             raise
         else:
-            emit(
-                ToolCalled(
-                    step=step,
-                    name=name,
-                    arguments=arguments,
-                    result=json.loads(result_text),
-                    duration=time.monotonic() - t0,
-                )
-            )
+            report(result=json.loads(result_text))
             return f'{{"id": {json.dumps(call_id)}, "ok": true, "result": {result_text}}}'
-        if name:
-            emit(
-                ToolCalled(
-                    step=step,
-                    name=name,
-                    arguments=arguments,
-                    error=error,
-                    duration=time.monotonic() - t0,
-                )
-            )
+        report(error=error)
         return json.dumps({"id": call_id, "ok": False, "error": error})
 
     def _parse(self, payload: str) -> tuple[object, str, dict[str, Any]]:
