@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn, TypeAlias
 
 __all__ = [
+    "AnyEvent",
     "CellCleared",
     "CellFinished",
     "CellOutput",
@@ -42,6 +43,7 @@ __all__ = [
     "TextDelta",
     "ToolCalled",
     "Usage",
+    "unhandled",
 ]
 
 CellStatus = Literal["ok", "error", "timeout", "died", "skipped"]
@@ -262,3 +264,33 @@ class RunFinished(Event):
     usage: Usage
     duration: float
     error_type: str | None = None
+
+
+#: Every event type. A consumer narrows to it (``if not isinstance(event, AnyEvent): return``),
+#: branches on the classes (``match`` or ``isinstance``) and ends in :func:`unhandled`: mypy then
+#: rejects the consumer when an event type has no branch, and a renamed event cannot be dropped
+#: silently. A test checks that every ``Event`` subclass here is a member.
+AnyEvent: TypeAlias = (
+    RunStarted
+    | KernelStatus
+    | InputsPushed
+    | StepStarted
+    | TextDelta
+    | ModelRetry
+    | ModelReplied
+    | CodeProposed
+    | CodeSkipped
+    | CellOutput
+    | CellCleared
+    | CellFinished
+    | ToolCalled
+    | PlanMade
+    | Observation
+    | Notice
+    | RunFinished
+)
+
+
+def unhandled(event: NoReturn) -> NoReturn:
+    """The last branch of a dispatch over :data:`AnyEvent` (mypy: every type has a branch)."""
+    raise AssertionError(f"no branch for the event {type(event).__name__}")

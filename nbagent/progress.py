@@ -11,20 +11,26 @@ import time
 from typing import TextIO
 
 from nbagent.events import (
+    AnyEvent,
+    CellCleared,
     CellFinished,
+    CellOutput,
     CodeProposed,
     CodeSkipped,
     Event,
+    InputsPushed,
     KernelStatus,
     ModelReplied,
     ModelRetry,
     Notice,
+    Observation,
     PlanMade,
     RunFinished,
     RunStarted,
     StepStarted,
     TextDelta,
     ToolCalled,
+    unhandled,
 )
 from nbagent.text import terminal_text
 
@@ -66,48 +72,57 @@ class Progress:
         return f"{self._tokens:,} tokens · {time.monotonic() - self._t0:.1f} s"
 
     def __call__(self, event: Event) -> None:
-        if isinstance(event, RunStarted):
-            self._t0 = time.monotonic()
-            turn = f" (follow-up {event.turn - 1})" if event.turn > 1 else ""
-            self._line(self._c(_BOLD, f"nbagent · {event.model}{turn}"))
-        elif isinstance(event, KernelStatus):
-            detail = f": {event.detail}" if event.detail else ""
-            self._line(self._c(_DIM, f"kernel {event.status}{detail}"))
-        elif isinstance(event, StepStarted):
-            if self.live:
-                self._line(self._c(_BOLD, f"── step {event.step}"))
-        elif isinstance(event, TextDelta):
-            if self.live:
-                self.stream.write(self._c(_DIM, event.text))
-                self.stream.flush()
-                self._streaming = True
-        elif isinstance(event, ModelRetry):
-            self._line(
-                self._c(_YELLOW, f"step {event.step} · model retry {event.attempt}: {event.reason}")
-                + f" (in {event.delay:.1f} s)"
-            )
-        elif isinstance(event, ModelReplied):
-            self._tokens = event.total_usage.total_tokens
-            if self.live:
-                self._line("")
-        elif isinstance(event, CodeProposed):
-            lines = event.code.count("\n") + 1
-            self._line(f"step {event.step} · running {lines} line{'s' if lines > 1 else ''} …")
-        elif isinstance(event, CodeSkipped):
-            self._line(self._c(_YELLOW, f"step {event.step} · skipped: {event.reason}"))
-        elif isinstance(event, CellFinished):
-            self._cell(event)
-        elif isinstance(event, PlanMade):
-            plan = event.text if self.live else event.text.split("\n", 1)[0][:120]
-            self._line(self._c(_DIM, f"step {event.step} · plan: {plan}"))
-        elif isinstance(event, ToolCalled):
-            status = "error" if event.error else "ok"
-            self._line(self._c(_DIM, f"step {event.step} · tool {event.name}() {status}"))
-        elif isinstance(event, Notice):
-            color = {"info": _DIM, "warning": _YELLOW, "error": _RED}[event.level]
-            self._line(self._c(color, event.message))
-        elif isinstance(event, RunFinished):
-            self._finish(event)
+        if not isinstance(event, AnyEvent):
+            return
+        match event:
+            case RunStarted():
+                self._t0 = time.monotonic()
+                turn = f" (follow-up {event.turn - 1})" if event.turn > 1 else ""
+                self._line(self._c(_BOLD, f"nbagent · {event.model}{turn}"))
+            case KernelStatus():
+                detail = f": {event.detail}" if event.detail else ""
+                self._line(self._c(_DIM, f"kernel {event.status}{detail}"))
+            case StepStarted():
+                if self.live:
+                    self._line(self._c(_BOLD, f"── step {event.step}"))
+            case TextDelta():
+                if self.live:
+                    self.stream.write(self._c(_DIM, event.text))
+                    self.stream.flush()
+                    self._streaming = True
+            case ModelRetry():
+                self._line(
+                    self._c(
+                        _YELLOW, f"step {event.step} · model retry {event.attempt}: {event.reason}"
+                    )
+                    + f" (in {event.delay:.1f} s)"
+                )
+            case ModelReplied():
+                self._tokens = event.total_usage.total_tokens
+                if self.live:
+                    self._line("")
+            case CodeProposed():
+                lines = event.code.count("\n") + 1
+                self._line(f"step {event.step} · running {lines} line{'s' if lines > 1 else ''} …")
+            case CodeSkipped():
+                self._line(self._c(_YELLOW, f"step {event.step} · skipped: {event.reason}"))
+            case CellFinished():
+                self._cell(event)
+            case PlanMade():
+                plan = event.text if self.live else event.text.split("\n", 1)[0][:120]
+                self._line(self._c(_DIM, f"step {event.step} · plan: {plan}"))
+            case ToolCalled():
+                status = "error" if event.error else "ok"
+                self._line(self._c(_DIM, f"step {event.step} · tool {event.name}() {status}"))
+            case Notice():
+                color = {"info": _DIM, "warning": _YELLOW, "error": _RED}[event.level]
+                self._line(self._c(color, event.message))
+            case RunFinished():
+                self._finish(event)
+            case InputsPushed() | CellOutput() | CellCleared() | Observation():
+                pass  # the step's status line says enough
+            case _:
+                unhandled(event)
 
     def _cell(self, event: CellFinished) -> None:
         color = _GREEN if event.status == "ok" else _RED

@@ -406,9 +406,41 @@ class TextRenderer:
 
     def feed(self, event: ev.Event) -> str:
         """Return what to print for ``event`` (possibly ``""``), ending with a newline."""
-        handler = getattr(self, f"_{type(event).__name__}", None)
-        text = handler(event) if handler is not None else ""
+        text = self._text(event) if isinstance(event, ev.AnyEvent) else ""
         return strip_ansi(safe_str(text)) + "\n" if text else ""
+
+    def _text(self, event: ev.AnyEvent) -> str:
+        match event:
+            case ev.RunStarted():
+                return self._RunStarted(event)
+            case ev.StepStarted():
+                return self._StepStarted(event)
+            case ev.ModelReplied():
+                return self._ModelReplied(event)
+            case ev.PlanMade():
+                return self._PlanMade(event)
+            case ev.CodeProposed():
+                return self._CodeProposed(event)
+            case ev.CodeSkipped():
+                return self._CodeSkipped(event)
+            case ev.CellOutput():
+                return self._CellOutput(event)
+            case ev.CellCleared():
+                return self._CellCleared(event)
+            case ev.CellFinished():
+                return self._CellFinished(event)
+            case ev.ToolCalled():
+                return self._ToolCalled(event)
+            case ev.Notice():
+                return self._Notice(event)
+            case ev.KernelStatus():
+                return self._KernelStatus(event)
+            case ev.RunFinished():
+                return self._RunFinished(event)
+            case ev.TextDelta() | ev.ModelRetry() | ev.InputsPushed() | ev.Observation():
+                return ""  # the reply is shown whole; retries come as notices
+            case _:
+                ev.unhandled(event)
 
     def _RunStarted(self, e: ev.RunStarted) -> str:
         self._shown.clear()

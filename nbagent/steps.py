@@ -87,12 +87,24 @@ class StepRunner:
         self.pending = ""
         #: The id of the run_python call the next observation answers (tools format).
         self._open_call: str | None = None
+        #: The run began with "kernel starting" (the agent says so when the start is pending).
+        self._start_pending = not kernel_start.done()
 
     async def run(self) -> None:
         try:
             await self._steps()
         finally:
             self._close_open_call()
+            self._say_ready()
+
+    def _say_ready(self) -> None:
+        """Follow "kernel starting" with "ready" once the start has succeeded: when code is
+        about to run, or when the run ends (the start may finish during a model call)."""
+        start = self.kernel_start
+        ended = self._start_pending and start.done() and not start.cancelled()
+        if ended and start.exception() is None:
+            self._start_pending = False
+            self.emit(KernelStatus(status="ready"))
 
     async def _steps(self) -> None:
         agent = self.agent
@@ -267,7 +279,7 @@ class StepRunner:
     async def _execute(self, step: int, code: str) -> CellFinished:
         if not self.kernel_start.done():
             await self.kernel_start
-            self.emit(KernelStatus(status="ready"))
+        self._say_ready()
         self.kernel_start.result()  # raises KernelStartupError if the start failed
         kernel = self.agent.kernel
         assert kernel is not None

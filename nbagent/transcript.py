@@ -37,6 +37,7 @@ from typing import Any
 import nbformat
 
 from nbagent import __version__
+from nbagent import events as ev
 from nbagent.errors import TranscriptError
 from nbagent.events import (
     CellFinished,
@@ -60,6 +61,16 @@ __all__ = ["Transcript", "atomic_write_notebook", "read_transcript"]
 #: MIME types only the agent's own kernel produces; dropped so re-runs compare equal.
 PRIVATE_MIME = frozenset({SUMMARY_MIME})
 SKIP_TAGS = ("skip-execution", "nbval-skip")
+#: The event types a transcript does not store.
+_NOT_STORED = (
+    ev.KernelStatus,
+    ev.StepStarted,
+    ev.TextDelta,
+    ev.ModelRetry,
+    ev.CellOutput,
+    ev.CellCleared,
+    ev.Notice,
+)
 
 
 def _iso(t: float) -> str:
@@ -131,6 +142,8 @@ class Transcript:
     # -- the listener ----------------------------------------------------------------------
 
     def __call__(self, event: Event) -> None:
+        if not isinstance(event, ev.AnyEvent):
+            return
         if isinstance(event, RunStarted):
             self._run_started(event)
         elif isinstance(event, ModelReplied):
@@ -170,6 +183,10 @@ class Transcript:
         elif isinstance(event, RunFinished):
             self._run_finished(event)
             self._autosave()
+        elif isinstance(event, _NOT_STORED):
+            pass  # live progress: the finished cell and the notices carry what is kept
+        else:
+            ev.unhandled(event)
 
     # -- building ------------------------------------------------------------------------------
 

@@ -138,10 +138,44 @@ class RunLog:
         view.rev += 1
 
     def apply(self, event: ev.Event) -> None:
-        """Fold one event into the views."""
-        handler = getattr(self, f"_on_{type(event).__name__}", None)
-        if handler is not None:
-            handler(event)
+        """Fold one event into the views (a branch per event type, checked by mypy)."""
+        if not isinstance(event, ev.AnyEvent):
+            return
+        match event:
+            case ev.RunStarted():
+                self._on_RunStarted(event)
+            case ev.KernelStatus():
+                self._on_KernelStatus(event)
+            case ev.Notice():
+                self._on_Notice(event)
+            case ev.RunFinished():
+                self._on_RunFinished(event)
+            case ev.StepStarted():
+                self._on_StepStarted(event)
+            case ev.TextDelta():
+                self._on_TextDelta(event)
+            case ev.ModelReplied():
+                self._on_ModelReplied(event)
+            case ev.PlanMade():
+                self._on_PlanMade(event)
+            case ev.CodeProposed():
+                self._on_CodeProposed(event)
+            case ev.CodeSkipped():
+                self._on_CodeSkipped(event)
+            case ev.CellOutput():
+                self._on_CellOutput(event)
+            case ev.CellCleared():
+                self._on_CellCleared(event)
+            case ev.CellFinished():
+                self._on_CellFinished(event)
+            case ev.ToolCalled():
+                self._on_ToolCalled(event)
+            case ev.Observation():
+                self._on_Observation(event)
+            case ev.InputsPushed() | ev.ModelRetry():
+                pass  # shown by the notices and the transcript, not by the step views
+            case _:
+                ev.unhandled(event)
 
     # -- run level -------------------------------------------------------------------------
 
@@ -184,6 +218,8 @@ class RunLog:
             if not view.frozen:
                 self._finish(view)
         run.status, run.answer, run.reason = e.status, e.answer, e.reason
+        if run.kernel == "starting":  # a start still under way is no news in a finished run
+            run.kernel = ""
         run.error_type, run.duration, run.usage = e.error_type, e.duration, e.usage
         run.rev += 1
 
