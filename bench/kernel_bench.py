@@ -10,7 +10,9 @@ Run from the repository root:  ``python -m bench.kernel_bench [--quick]``
 * a 1e6-step Python loop in the kernel against bare ``exec()`` in this process (and the
   same loop sent through raw jupyter_client, to show what the kernel itself costs);
 * a 10,000-line print, ours against raw jupyter_client collecting the same stream;
-* a 1 GB print: time, kept characters and this process's peak RSS.
+* a 1 GB print: time, kept characters and this process's peak RSS;
+* decoding one kernel message (a 200-character stream, HMAC checked): the local backend's
+  decoder against jupyter_client's ``Session.deserialize``, the reason it keeps its own.
 
 Medians throughout; the machine's other load shows up in both sides of every pair.
 """
@@ -204,6 +206,37 @@ def bench_sync(rounds: int, loops: int) -> dict[str, Any]:
     return res
 
 
+def bench_decode(n: int) -> tuple[float, float]:
+    """Seconds per message: LocalBackend's decoder vs ``Session.deserialize`` (best of 5)."""
+    import hashlib
+    import hmac
+
+    from jupyter_client.session import Session
+
+    from nbagent.kernel.local import LocalBackend
+
+    key = b"k" * 64
+    session = Session(key=key, signature_scheme="hmac-sha256")
+    session.digest_history_size = 10 * n  # every message is new to it, as on the wire
+    backend = LocalBackend()
+    backend._session = session
+    backend._auth = hmac.new(key, digestmod=hashlib.sha256)
+    parent = session.msg("execute_request", {"code": "print(1)"})
+    content = {"name": "stdout", "text": "x" * 200 + "\n"}
+    wire = [session.serialize(session.msg("stream", content, parent=parent)) for _ in range(5 * n)]
+    ours = raw = float("inf")
+    for r in range(5):
+        t = time.perf_counter()
+        for frames in wire[:n]:
+            backend._decode(frames)
+        ours = min(ours, (time.perf_counter() - t) / n)
+        t = time.perf_counter()
+        for frames in wire[r * n : (r + 1) * n]:
+            session.deserialize(session.feed_identities(frames)[1])
+        raw = min(raw, (time.perf_counter() - t) / n)
+    return ours, raw
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
@@ -217,6 +250,7 @@ def main() -> None:
     kern, bare, rawloop, inner = res["loop"]
     p_ours, p_raw = res["print"]
     gb_time, gb_kept = res["gb"]
+    d_ours, d_raw = bench_decode(2_000 if args.quick else 10_000)
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     shutil.rmtree(_TMP, ignore_errors=True)
 
@@ -246,6 +280,10 @@ def main() -> None:
     print(
         f"1 GB print             {gb_time:.2f} s, {gb_kept:,} characters kept, "
         f"host peak RSS {rss_mb:.0f} MB"
+    )
+    print(
+        f"decode one message     ours {d_ours * 1e6:8.1f} us   Session.deserialize "
+        f"{d_raw * 1e6:8.1f} us"
     )
 
 
