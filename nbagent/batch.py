@@ -185,6 +185,10 @@ async def arun_batch(
         raise ConfigError(f"concurrency must be at least 1, got {concurrency}")
     options = dict(agent_options or {})
     await probe_model(options)  # a missing model fails once, before anything runs
+    if options.get("kernel") and gateway is None:  # so does an unknown kernelspec
+        from nbagent.kernel.specs import find_kernelspec
+
+        find_kernelspec(options["kernel"])
     out = Path(output)
     try:
         out.mkdir(parents=True, exist_ok=True)

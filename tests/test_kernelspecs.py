@@ -191,3 +191,18 @@ def test_magic_config_kernel_name_picks_the_kernelspec(
     finally:
         magics.close()
         magics.kernel_name = None
+
+
+def test_batch_with_an_unknown_kernel_fails_once_before_any_task(
+    scripted_openai: ScriptedServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nbagent.batch import load_tasks, run_batch
+
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "none"))
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text('{"id": "a", "task": "Go."}\n{"id": "b", "task": "Go."}\n')
+    options = {"model": scripted_openai.model_spec(), "base_url": scripted_openai.base_url}
+    with pytest.raises(ConfigError, match="no kernelspec named 'nope'"):
+        run_batch(load_tasks(tasks), tmp_path / "out", agent_options={**options, "kernel": "nope"})
+    assert scripted_openai.chat_requests == []
+    assert not (tmp_path / "out").exists()
