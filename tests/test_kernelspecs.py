@@ -13,6 +13,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 import pytest
+from jupyter_client.provisioning import LocalProvisioner
 
 from nbagent.agent import Agent
 from nbagent.cli import main
@@ -206,3 +207,42 @@ def test_batch_with_an_unknown_kernel_fails_once_before_any_task(
         run_batch(load_tasks(tasks), tmp_path / "out", agent_options={**options, "kernel": "nope"})
     assert scripted_openai.chat_requests == []
     assert not (tmp_path / "out").exists()
+
+
+class MarkedProvisioner(LocalProvisioner):
+    """A provisioner of the kind environments ship: it adjusts the launch."""
+
+    async def pre_launch(self, **kwargs: object) -> dict[str, object]:
+        launch: dict[str, object] = await super().pre_launch(**kwargs)
+        env = launch["env"]
+        assert isinstance(env, dict)
+        env.update(PROVISIONED_BY="marked", PROVISIONER_TOKEN="s3cr3t-value")
+        return launch
+
+
+def test_a_kernelspecs_provisioner_applies_but_cannot_add_secrets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    site = tmp_path / "site"
+    dist = site / "marked_provisioner-1.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: marked-provisioner\nVersion: 1.0\n"
+    )
+    (dist / "entry_points.txt").write_text(
+        "[jupyter_client.kernel_provisioners]\n"
+        "marked-provisioner = tests.test_kernelspecs:MarkedProvisioner\n"
+    )
+    monkeypatch.syspath_prepend(str(site))
+    jupyter = tmp_path / "jupyter"
+    provisioner = {"kernel_provisioner": {"provisioner_name": "marked-provisioner"}}
+    write_spec(
+        jupyter, "marked", argv=list(DEFAULT_KERNEL_CMD), language="python", metadata=provisioner
+    )
+    monkeypatch.setenv("JUPYTER_PATH", str(jupyter))
+    with KernelSession(kernel_name="marked") as k:
+        r = k.execute(
+            "import os\nprint(os.environ.get('PROVISIONED_BY'), 'PROVISIONER_TOKEN' in os.environ)"
+        )
+        assert r.status == "ok", r
+        assert r.outputs[0]["text"] == "marked False\n"
