@@ -30,9 +30,15 @@ __all__ = [
     "TextPart",
     "ToolCall",
     "ToolSpec",
+    "count",
 ]
 
 Role = Literal["system", "user", "assistant", "tool"]
+
+
+def count(value: object) -> int:
+    """``value`` when it is an int (a usage counter in a reply), else 0 (missing, null, text)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 @dataclass(frozen=True, slots=True)

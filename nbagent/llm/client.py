@@ -40,7 +40,7 @@ from nbagent.llm.retry import parse_retry_after, should_retry_status
 from nbagent.llm.secrets import Redactor, one_line
 from nbagent.llm.sse import ServerSentEvent, aiter_sse
 
-__all__ = ["HTTPChatModel", "StreamBroken", "StreamParser", "count", "error_text", "str_field"]
+__all__ = ["HTTPChatModel", "StreamBroken", "StreamParser", "error_text", "str_field"]
 
 log = logging.getLogger("nbagent.llm")
 
@@ -89,11 +89,6 @@ def str_field(data: Any, key: str, default: str = "") -> str:
     """``data[key]`` when ``data`` is a dict and the value a non-empty string, else ``default``."""
     value = data.get(key) if isinstance(data, dict) else None
     return value if isinstance(value, str) and value else default
-
-
-def count(value: object) -> int:
-    """``value`` when it is an int (a usage counter), else 0 (missing, null, a string)."""
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def error_text(raw: bytes, content_type: str = "") -> str:

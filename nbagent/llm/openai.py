@@ -20,15 +20,8 @@ from typing import Any
 
 from nbagent.errors import ConfigError
 from nbagent.events import Usage
-from nbagent.llm.base import Completion, ImagePart, Message, TextPart, ToolCall, ToolSpec
-from nbagent.llm.client import (
-    HTTPChatModel,
-    StreamBroken,
-    StreamParser,
-    count,
-    error_text,
-    str_field,
-)
+from nbagent.llm.base import Completion, ImagePart, Message, TextPart, ToolCall, ToolSpec, count
+from nbagent.llm.client import HTTPChatModel, StreamBroken, StreamParser, error_text, str_field
 from nbagent.llm.sse import ServerSentEvent
 
 __all__ = ["IMAGE_OMITTED", "OpenAIChatModel", "normalise_finish_reason"]
