@@ -49,6 +49,8 @@ from nbagent.tools import Tool, check_tools, describe_tools
 
 if TYPE_CHECKING:  # nbformat costs up to seconds to import (jsonschema): load it when used
     from nbagent.kernel.gateway import Gateway
+    from nbagent.mcptools import McpServer
+    from nbagent.mcptools.client import McpHub
     from nbagent.transcript import Transcript
 
 __all__ = ["Agent", "Decision", "RunResult"]
@@ -109,6 +111,11 @@ class Agent:
             ``kernel_options["gateway"]``.
         data: files and directories to upload into the kernel's working directory when it
             starts (checked now; the model is told which files are there).
+        mcp: MCP servers whose tools kernel code may call like ``tools`` (needs
+            ``nbagent[mcp]``): a command (``"python server.py"``, started over stdio), an
+            ``http(s)://`` URL (streamable HTTP) or a :class:`~nbagent.mcptools.McpServer`.
+            They start with the session (a server that does not start fails the run before any
+            model call) and stop with it.
     """
 
     def __init__(
@@ -138,6 +145,7 @@ class Agent:
         planning_interval: int | None = None,
         gateway: str | Gateway | None = None,
         data: Sequence[str | os.PathLike[str] | DataFile] = (),
+        mcp: Sequence[str | McpServer] = (),
     ) -> None:
         if max_steps < 1:
             raise ConfigError(f"max_steps must be at least 1, got {max_steps}")
@@ -154,6 +162,12 @@ class Agent:
         if not tool_timeout > 0:
             raise ConfigError(f"tool_timeout must be positive, got {tool_timeout}")
         self.tools = check_tools(tools)
+        self.tool_timeout = tool_timeout
+        self.mcp_servers = _mcp_specs(mcp)
+        self._mcp: McpHub | None = None
+        self._mcp_start: asyncio.Task[None] | None = None
+        self._system = system
+        self._instructions = instructions
         self.tool_host = ToolHost(self.tools, timeout=tool_timeout) if self.tools else None
         self.tool_names = frozenset(t.name for t in self.tools)
         self.action: Action = action
@@ -192,10 +206,7 @@ class Agent:
             options = self.kernel_options
             resource_limits.check_backend(options.get("backend") or options.get("gateway"))
             self.kernel_options["resource_limits"] = resource_limits
-        extra = "\n".join(x for x in (describe_tools(self.tools), instructions.strip()) if x)
-        self.messages: list[Message] = [
-            Message("system", system or system_prompt(extra, action=action))
-        ]
+        self.messages: list[Message] = [Message("system", self._system_text(self.tools))]
         self.usage = Usage()
         self.steps = 0
         self.turns = 0
@@ -235,18 +246,52 @@ class Agent:
         if start is not None and start.done() and start.exception() is not None:
             start = None  # the last start failed: try again
         if start is None:
-            options = {"cwd": self.workdir, "env_passthrough": self.env, **self.kernel_options}
-            gateway = options.pop("gateway", None)
-            if gateway is not None:  # a backend per session; named variables go along
-                forward = (*self.env, *(options.get("extra_env") or {}))
-                options["backend"] = gateway.backend(forward_env=forward)
-            prelude = PRELUDE + (self.tool_host.prelude() if self.tool_host else "")
-            self._kernel = KernelSession(startup_code=prelude, **options)
-            start = asyncio.ensure_future(self._kernel.astart())
+            if self.mcp_servers:  # the stubs need the servers' tools: connect first
+                start = asyncio.ensure_future(self._start_with_mcp())
+            else:
+                start = asyncio.ensure_future(self._new_kernel().astart())
             # Retrieve a failure even if no step ever awaits it (a run answered without code).
             start.add_done_callback(lambda t: t.cancelled() or t.exception())
             self._kernel_start = start
         return start
+
+    def _new_kernel(self) -> KernelSession:
+        options = {"cwd": self.workdir, "env_passthrough": self.env, **self.kernel_options}
+        gateway = options.pop("gateway", None)
+        if gateway is not None:  # a backend per session; named variables go along
+            forward = (*self.env, *(options.get("extra_env") or {}))
+            options["backend"] = gateway.backend(forward_env=forward)
+        prelude = PRELUDE + (self.tool_host.prelude() if self.tool_host else "")
+        self._kernel = KernelSession(startup_code=prelude, **options)
+        return self._kernel
+
+    def _ensure_mcp(self) -> asyncio.Task[None]:
+        start = self._mcp_start
+        if start is None or (start.done() and start.exception() is not None):
+            start = self._mcp_start = asyncio.ensure_future(self._connect_mcp())
+            start.add_done_callback(lambda t: t.cancelled() or t.exception())
+        return start
+
+    async def _connect_mcp(self) -> None:
+        """Start the MCP servers; their tools join the host tools, the stubs and the prompt."""
+        from nbagent.mcptools.client import McpHub
+
+        hub = McpHub(self.mcp_servers, taken=(t.name for t in self.tools))
+        mcp_tools = await hub.start()
+        self._mcp = hub
+        every = (*self.tools, *mcp_tools)
+        self.tool_host = ToolHost(every, timeout=self.tool_timeout) if every else None
+        self.tool_names = frozenset(t.name for t in every)
+        if self._system is None:
+            self.messages[0] = Message("system", self._system_text(every))
+
+    async def _start_with_mcp(self) -> None:
+        await self._ensure_mcp()
+        await self._new_kernel().astart()
+
+    def _system_text(self, tools: Sequence[Tool]) -> str:
+        extra = "\n".join(x for x in (describe_tools(tools), self._instructions.strip()) if x)
+        return self._system or system_prompt(extra, action=self.action)
 
     async def astart(self) -> None:
         """Start the kernel now rather than with the first run (its start overlaps the model's
@@ -263,8 +308,16 @@ class Agent:
         if self._kernel_start is not None:
             with contextlib.suppress(BaseException):
                 await self._kernel_start
-        if self._kernel is not None:
-            await self._kernel.ashutdown()
+        try:
+            if self._kernel is not None:
+                await self._kernel.ashutdown()
+        finally:
+            if self._mcp_start is not None:
+                with contextlib.suppress(BaseException):
+                    await self._mcp_start
+            if self._mcp is not None:
+                await self._mcp.aclose()
+                self._mcp = None
         await self.model.aclose()
 
     async def __aenter__(self) -> Agent:
@@ -470,6 +523,9 @@ class Agent:
         self.turns += 1
         first_step, usage_before = self.steps, self.usage
         run_id = uuid.uuid4().hex[:12]
+        starting = self._kernel_start is None or not self._kernel_start.done()
+        kernel_start = self._ensure_kernel()
+        setup_error = await self._mcp_ready()
         prompt = self._add_task_message(task)
         self._context = ""
         specs = tuple(self.tool_host.specs()) if self.tool_host else ()
@@ -484,16 +540,18 @@ class Agent:
                 tools=specs,
             )
         )
-        if self._kernel_start is None or not self._kernel_start.done():
+        if starting:
             emit(KernelStatus(status="starting"))
         runner = StepRunner(
             self,
             emit,
-            kernel_start=self._ensure_kernel(),
+            kernel_start=kernel_start,
             deadline=t0 + self.time_limit if self.time_limit else None,
         )
         error: BaseException | None = None
         try:
+            if setup_error is not None:
+                raise setup_error
             await runner.run()
             raise AssertionError("the step loop ended without an outcome")  # pragma: no cover
         except Finish as finish:
@@ -524,6 +582,16 @@ class Agent:
         if error is not None:
             raise error
 
+    async def _mcp_ready(self) -> NbAgentError | None:
+        """Wait for the MCP servers (before any model call); their failure, if they failed."""
+        if not self.mcp_servers:
+            return None
+        try:
+            await asyncio.shield(self._ensure_mcp())
+        except NbAgentError as exc:
+            return exc
+        return None
+
     def _add_task_message(self, task: str) -> str:
         """Append the user message that starts a run; return its text."""
         if self.turns == 1 and len(self.messages) == 1:
@@ -546,6 +614,18 @@ class Agent:
 
     def _model_label(self) -> str:
         return f"{self.model.provider}:{self.model.name}"
+
+
+def _mcp_specs(items: Sequence[str | McpServer]) -> tuple[McpServer, ...]:
+    """Checked MCP server specs (the SDK is only required when there are some)."""
+    if not items:
+        return ()
+    from nbagent.mcptools import parse_servers
+    from nbagent.mcptools.client import require_sdk
+
+    specs = parse_servers(items)
+    require_sdk()
+    return specs
 
 
 def _diff(after: Usage, before: Usage) -> Usage:

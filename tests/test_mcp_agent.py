@@ -1,0 +1,159 @@
+"""MCP tools end to end: a real MCP server written with the SDK (tests/mcp_server/server.py,
+over stdio and streamable HTTP on loopback), a scripted model over real HTTP, real kernels,
+the transcript re-executed by nbclient without the server, and the CLI in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import pytest
+
+pytest.importorskip("mcp")
+
+from nbagent import Agent, Transcript  # noqa: E402
+from nbagent.errors import ConfigError  # noqa: E402
+from nbagent.events import CellFinished, Observation, RunStarted, ToolCalled  # noqa: E402
+from nbagent.mcptools import McpServer  # noqa: E402
+from tests.llm_fixtures import Reply, ScriptedServer, scripted_model  # noqa: E402
+
+SERVER = str(Path(__file__).with_name("mcp_server") / "server.py")
+SECRET = "mcp-" + "9f3a61c2d84e07b5"
+
+
+def py(code: str, text: str = "Next.") -> str:
+    return f"{text}\n```python\n{code}\n```"
+
+
+def stdio_server(**kw: Any) -> McpServer:
+    return McpServer((sys.executable, SERVER), env={"MCP_TEST_SECRET": SECRET}, **kw)
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def wait_dead(pid: int, timeout: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not alive(pid):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def chat_text(request: Any) -> str:
+    return request.body.decode()
+
+
+def test_kernel_code_calls_mcp_tools_over_stdio(
+    scripted_openai: ScriptedServer, tmp_path: Path
+) -> None:
+    scripted_openai.add(
+        py(
+            "r = convert(10, 'USD')\nprint(r, type(r).__name__)\nprint(get_rates())\n"
+            "s = signed('x')\nprint(len(s))\nserver_pid = pid()\nimport os\n"
+            "print('kernel sees', os.environ.get('MCP_TEST_SECRET'))"
+        ),
+        py("convert(1, 'XXX')"),
+        py("caption = plot()\nprint(caption)"),
+        py("try:\n    crash()\nexcept ToolCallError as e:\n    print('crashed:', e)\npid()"),
+        py("final_answer(r)"),
+    )
+    events: list[Any] = []
+    path = tmp_path / "run.ipynb"
+    transcript = Transcript(path)
+    agent = Agent(
+        scripted_model(scripted_openai),
+        workdir=tmp_path,
+        mcp=[stdio_server()],
+        on_event=events.append,
+    )
+    agent.add_listener(transcript)
+    with agent:
+        result = agent.run("Convert 10 EUR to USD.")
+        server_pid = agent.pull(["server_pid"])["server_pid"]
+    assert result.answer == "11.0", result.reason
+    system = json.loads(scripted_openai.chat_requests[0].body)["messages"][0]["content"]
+    assert "- convert(amount: float, currency: str = 'USD') -> float: Convert an amount" in system
+    assert "- get_rates() -> dict[str, float]: All exchange rates from EUR." in system
+    cells = [e for e in result.events if isinstance(e, CellFinished)]
+    first = "".join(o.get("text", "") for o in cells[0].outputs)
+    assert "11.0 float\n{'USD': 1.1, 'GBP': 0.85}\n16\nkernel sees None\n" == first
+    # A tool error is an exception in the kernel with the server's message; the run goes on.
+    assert cells[1].status == "error"
+    observations = [e.text for e in result.events if isinstance(e, Observation)]
+    assert "ToolCallError: convert() failed: Error executing tool convert: unknown currency XXX" in (
+        observations[1]
+    )
+    # An image result is an output of the cell; the text is the value.
+    assert any("image/png" in (o.get("data") or {}) for o in cells[2].outputs)
+    assert "a red pixel" in "".join(o.get("text", "") for o in cells[2].outputs)
+    # A crashed server: ToolCallError for this call and the next; the run still answers.
+    assert "crashed: crash() failed: the MCP server fx is not running" in observations[3]
+    assert "ToolCallError: pid() failed: the MCP server fx is not running" in observations[3]
+    calls = [e for e in result.events if isinstance(e, ToolCalled)]
+    assert [c.name for c in calls] == [
+        "convert", "get_rates", "signed", "pid", "convert", "plot", "crash", "pid"
+    ]  # fmt: skip
+    started = next(e for e in result.events if isinstance(e, RunStarted))
+    assert {s["name"] for s in started.tools} >= {"convert", "get_rates", "plot"}
+    # The server's secret reaches neither the kernel, the model, the events nor the transcript.
+    assert all(SECRET.encode() not in r.body for r in scripted_openai.requests)
+    assert all(SECRET not in repr(e) for e in events)
+    assert SECRET not in path.read_text()
+    assert wait_dead(server_pid)
+
+
+def test_transcript_of_an_mcp_run_replays_without_the_server(
+    scripted_openai: ScriptedServer, tmp_path: Path
+) -> None:
+    nbclient = pytest.importorskip("nbclient")
+    scripted_openai.add(
+        py("r = convert(10, 'GBP')\nprint(r)"),
+        py("caption = plot()\nprint(caption)"),
+        py("convert(1, 'XXX')"),
+        py("final_answer(r)"),
+    )
+    path = tmp_path / "run.ipynb"
+    transcript = Transcript(path)
+    agent = Agent(scripted_model(scripted_openai), workdir=tmp_path, mcp=[stdio_server()])
+    agent.add_listener(transcript)
+    with agent:
+        assert agent.run("Convert.").answer == "8.5"
+    nb = nbformat.read(path, as_version=4)
+    steps = [c for c in nb.cells if c.metadata.get("nbagent", {}).get("role") == "step"]
+    recorded = [_comparable(c.outputs) for c in steps]
+    assert recorded[1] == [("display_data", "image/png"), ("stream", "a red pixel\n")]
+    for cell in steps:
+        cell.outputs = []
+    client = nbclient.NotebookClient(
+        nb, kernel_name="python3", timeout=60, resources={"metadata": {"path": str(tmp_path)}}
+    )
+    client.execute()
+    assert [_comparable(c.outputs) for c in steps] == recorded
+
+
+def _comparable(outputs: list[Any]) -> list[tuple[Any, ...]]:
+    out: list[tuple[Any, ...]] = []
+    for o in outputs:
+        if o["output_type"] == "stream":
+            out.append(("stream", o["text"]))
+        elif o["output_type"] == "error":
+            out.append(("error", o["ename"], o["evalue"]))
+        else:
+            out.append((o["output_type"], sorted(o["data"])[0]))
+    return out
