@@ -121,9 +121,7 @@ class Transcript:
             ):
                 for call in info.get("tool_calls") or []:
                     if isinstance(call, dict) and call.get("name") in self._tool_specs:
-                        outcome = {
-                            k: call[k] for k in ("result", "error", "display") if k in call
-                        }
+                        outcome = {k: call[k] for k in ("result", "error", "display") if k in call}
                         self._replay.setdefault(call["name"], []).append(outcome)
 
     def tool_replay_source(self) -> str:
@@ -258,7 +256,7 @@ class Transcript:
             return
         for call in calls:
             if call.name in self._tool_specs:
-                outcome = (
+                outcome: dict[str, Any] = (
                     {"error": call.error} if call.error is not None else {"result": call.result}
                 )
                 if call.display:

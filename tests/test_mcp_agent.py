@@ -5,13 +5,8 @@ the transcript re-executed by nbclient without the server, and the CLI in a subp
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +15,10 @@ import pytest
 
 pytest.importorskip("mcp")
 
-from nbagent import Agent, Transcript  # noqa: E402
-from nbagent.errors import ConfigError  # noqa: E402
-from nbagent.events import CellFinished, Observation, RunStarted, ToolCalled  # noqa: E402
-from nbagent.mcptools import McpServer  # noqa: E402
-from tests.llm_fixtures import Reply, ScriptedServer, scripted_model  # noqa: E402
+from nbagent import Agent, Transcript
+from nbagent.events import CellFinished, Observation, RunStarted, ToolCalled
+from nbagent.mcptools import McpServer
+from tests.llm_fixtures import ScriptedServer, scripted_model
 
 SERVER = str(Path(__file__).with_name("mcp_server") / "server.py")
 SECRET = "mcp-" + "9f3a61c2d84e07b5"
@@ -92,12 +86,13 @@ def test_kernel_code_calls_mcp_tools_over_stdio(
     assert "- get_rates() -> dict[str, float]: All exchange rates from EUR." in system
     cells = [e for e in result.events if isinstance(e, CellFinished)]
     first = "".join(o.get("text", "") for o in cells[0].outputs)
-    assert "11.0 float\n{'USD': 1.1, 'GBP': 0.85}\n16\nkernel sees None\n" == first
+    assert first == "11.0 float\n{'USD': 1.1, 'GBP': 0.85}\n16\nkernel sees None\n"
     # A tool error is an exception in the kernel with the server's message; the run goes on.
     assert cells[1].status == "error"
     observations = [e.text for e in result.events if isinstance(e, Observation)]
-    assert "ToolCallError: convert() failed: Error executing tool convert: unknown currency XXX" in (
-        observations[1]
+    assert (
+        "ToolCallError: convert() failed: Error executing tool convert: unknown currency XXX"
+        in (observations[1])
     )
     # An image result is an output of the cell; the text is the value.
     assert any("image/png" in (o.get("data") or {}) for o in cells[2].outputs)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import shutil
 import signal
@@ -37,6 +38,10 @@ from nbagent.mcptools.convert import McpTool, McpToolFailed, assign_names
 from nbagent.mcptools.spec import McpServer
 
 __all__ = ["McpHub", "require_sdk"]
+
+# The SDK logs a server's failures as tracebacks; without a handler of the application's they
+# would reach stderr through logging's last resort. nbagent reports them as one line instead.
+logging.getLogger("mcp").addHandler(logging.NullHandler())
 
 _LAUNCHER = r"""
 import os, sys
@@ -104,6 +109,7 @@ class _Connection:
         self.log: Path | None = None
         self.pidfile: Path | None = None
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.ready.add_done_callback(lambda f: f.cancelled() or f.exception())
         self.stop = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
 
@@ -128,9 +134,9 @@ class _Connection:
                     cursor = page.next_cursor
                     if not cursor:
                         break
-                info = client.server_info
-                if not self.spec.name and info is not None and getattr(info, "name", ""):
-                    self.name = str(info.name)
+                reported = str(getattr(client.server_info, "name", "") or "")
+                if not self.spec.name and reported:
+                    self.name = reported
                 self.client, self.tools = client, tools
                 self._register()
                 self.ready.set_result(None)
@@ -192,6 +198,8 @@ class _Connection:
             if group.alive():  # something of the server outlived the SDK's shutdown
                 group.begin_reap()
                 group.finish_reap(0.5)
+
+    def remove_files(self) -> None:
         for path in (self.pidfile, self.log):
             if path is not None:
                 with contextlib.suppress(OSError):
@@ -284,6 +292,7 @@ class McpHub:
                         await task
         for conn in self._connections:
             conn._unregister()  # a cancelled task may not have got there
+            conn.remove_files()
         self._connections = []
 
 
@@ -294,7 +303,7 @@ def _log_tail(conn: _Connection) -> str:
 
 def _describe(exc: BaseException) -> str:
     """One line for an exception (the first leaf of an exception group)."""
-    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        exc = exc.exceptions[0]
+    while getattr(exc, "exceptions", None):  # an exception group
+        exc = exc.exceptions[0]  # type: ignore[attr-defined]
     text = one_line(str(exc), 300)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -71,9 +71,9 @@ def assign_names(
             name = identifier(raw)
             if counts[name] > 1 or name in used or name in _TAKEN:
                 name = f"{prefix}_{name}"
-            base, n = name, 2
+            base, count = name, 2
             while name in used or name in _TAKEN:
-                name, n = f"{base}_{n}", n + 1
+                name, count = f"{base}_{count}", count + 1
             used.add(name)
             mine.append(name)
         out.append(mine)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -37,7 +37,7 @@ class McpServer:
         startup_timeout: Seconds the server has to start and list its tools.
     """
 
-    command: tuple[str, ...] = ()
+    command: Sequence[str] | str = ()
     url: str = ""
     name: str = ""
     env: Mapping[str, str] = field(default_factory=dict)
