@@ -348,7 +348,8 @@ class NbAgentMagics(Magics):
         model, base_url = args.model or self.model, args.base_url or self.base_url
         if session is not None:
             for flag, given in (("--tools", args.tools), ("--action", args.action),
-                                ("--plan-every", args.plan_every), ("--mcp", args.mcp)):  # fmt: skip
+                                ("--plan-every", args.plan_every),
+                                ("--mcp", args.mcp)):  # fmt: skip
                 if given:
                     raise UsageError(f"{flag} shapes a new session: add --new to use it")
             for flag, wanted, have in (
