@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from nbagent import _sync
+from nbagent import _sync, telemetry
 from nbagent.actions import ACTIONS, Action
 from nbagent.errors import ConfigError, NbAgentError
 from nbagent.events import (
@@ -41,6 +41,7 @@ from nbagent.kernel.session import KernelSession
 from nbagent.kernel.upload import DataFile, collect_data, describe_data
 from nbagent.llm import make_model
 from nbagent.llm.base import ChatModel, Message
+from nbagent.mcptools import McpServer, hub_for
 from nbagent.prelude import PRELUDE
 from nbagent.prompts import follow_up, system_prompt, task_message
 from nbagent.steps import Approver, Decision, Finish, StepRunner
@@ -49,8 +50,6 @@ from nbagent.tools import Tool, check_tools, describe_tools
 
 if TYPE_CHECKING:  # nbformat costs up to seconds to import (jsonschema): load it when used
     from nbagent.kernel.gateway import Gateway
-    from nbagent.mcptools import McpServer
-    from nbagent.mcptools.client import McpHub
     from nbagent.transcript import Transcript
 
 __all__ = ["Agent", "Decision", "RunResult"]
@@ -111,11 +110,8 @@ class Agent:
             ``kernel_options["gateway"]``.
         data: files and directories to upload into the kernel's working directory when it
             starts (checked now; the model is told which files are there).
-        mcp: MCP servers whose tools kernel code may call like ``tools`` (needs
-            ``nbagent[mcp]``): a command (``"python server.py"``, started over stdio), an
-            ``http(s)://`` URL (streamable HTTP) or a :class:`~nbagent.mcptools.McpServer`.
-            They start with the session (a server that does not start fails the run before any
-            model call) and stop with it.
+        mcp: MCP servers whose tools kernel code may call like ``tools`` (``nbagent[mcp]``): a
+            command (stdio), an ``http(s)://`` URL or an :class:`~nbagent.mcptools.McpServer`.
     """
 
     def __init__(
@@ -162,12 +158,8 @@ class Agent:
         if not tool_timeout > 0:
             raise ConfigError(f"tool_timeout must be positive, got {tool_timeout}")
         self.tools = check_tools(tools)
-        self.tool_timeout = tool_timeout
-        self.mcp_servers = _mcp_specs(mcp)
-        self._mcp: McpHub | None = None
-        self._mcp_start: asyncio.Task[None] | None = None
-        self._system = system
-        self._instructions = instructions
+        self.tool_timeout, self._system, self._instructions = tool_timeout, system, instructions
+        self._mcp = hub_for(mcp, taken=[t.name for t in self.tools])
         self.tool_host = ToolHost(self.tools, timeout=tool_timeout) if self.tools else None
         self.tool_names = frozenset(t.name for t in self.tools)
         self.action: Action = action
@@ -218,6 +210,7 @@ class Agent:
         self._stop_reason: str | None = None
         self._pending = ""
         self._context = describe_data(files)
+        self._trace_parent: Any = None  # the caller's, caught before a blocking run
 
     # -- listeners and lifecycle -------------------------------------------------------------
 
@@ -245,17 +238,15 @@ class Agent:
         start = self._kernel_start
         if start is not None and start.done() and start.exception() is not None:
             start = None  # the last start failed: try again
-        if start is None:
-            if self.mcp_servers:  # the stubs need the servers' tools: connect first
-                start = asyncio.ensure_future(self._start_with_mcp())
-            else:
-                start = asyncio.ensure_future(self._new_kernel().astart())
+        if start is None:  # with MCP servers, the stubs need their tools: connect first
+            start = asyncio.ensure_future(self._start_session())
             # Retrieve a failure even if no step ever awaits it (a run answered without code).
             start.add_done_callback(lambda t: t.cancelled() or t.exception())
             self._kernel_start = start
         return start
 
-    def _new_kernel(self) -> KernelSession:
+    async def _start_session(self) -> None:
+        await self._mcp_tools()
         options = {"cwd": self.workdir, "env_passthrough": self.env, **self.kernel_options}
         gateway = options.pop("gateway", None)
         if gateway is not None:  # a backend per session; named variables go along
@@ -263,31 +254,17 @@ class Agent:
             options["backend"] = gateway.backend(forward_env=forward)
         prelude = PRELUDE + (self.tool_host.prelude() if self.tool_host else "")
         self._kernel = KernelSession(startup_code=prelude, **options)
-        return self._kernel
+        await self._kernel.astart()
 
-    def _ensure_mcp(self) -> asyncio.Task[None]:
-        start = self._mcp_start
-        if start is None or (start.done() and start.exception() is not None):
-            start = self._mcp_start = asyncio.ensure_future(self._connect_mcp())
-            start.add_done_callback(lambda t: t.cancelled() or t.exception())
-        return start
-
-    async def _connect_mcp(self) -> None:
-        """Start the MCP servers; their tools join the host tools, the stubs and the prompt."""
-        from nbagent.mcptools.client import McpHub
-
-        hub = McpHub(self.mcp_servers, taken=(t.name for t in self.tools))
-        mcp_tools = await hub.start()
-        self._mcp = hub
-        every = (*self.tools, *mcp_tools)
+    async def _mcp_tools(self) -> None:
+        """Wait for the MCP servers; their tools join the host tools, stubs and prompt."""
+        if self._mcp is None:
+            return
+        every = (*self.tools, *await self._mcp.started())
         self.tool_host = ToolHost(every, timeout=self.tool_timeout) if every else None
         self.tool_names = frozenset(t.name for t in every)
         if self._system is None:
             self.messages[0] = Message("system", self._system_text(every))
-
-    async def _start_with_mcp(self) -> None:
-        await self._ensure_mcp()
-        await self._new_kernel().astart()
 
     def _system_text(self, tools: Sequence[Tool]) -> str:
         extra = "\n".join(x for x in (describe_tools(tools), self._instructions.strip()) if x)
@@ -308,16 +285,10 @@ class Agent:
         if self._kernel_start is not None:
             with contextlib.suppress(BaseException):
                 await self._kernel_start
-        try:
-            if self._kernel is not None:
-                await self._kernel.ashutdown()
-        finally:
-            if self._mcp_start is not None:
-                with contextlib.suppress(BaseException):
-                    await self._mcp_start
-            if self._mcp is not None:
-                await self._mcp.aclose()
-                self._mcp = None
+        if self._mcp is not None:  # no code runs now: the servers can go first
+            await self._mcp.aclose()
+        if self._kernel is not None:
+            await self._kernel.ashutdown()
         await self.model.aclose()
 
     async def __aenter__(self) -> Agent:
@@ -462,6 +433,7 @@ class Agent:
 
     def run(self, task: str) -> RunResult:
         """Blocking :meth:`arun` (Ctrl-C stops the run cleanly and re-raises)."""
+        self._trace_parent = telemetry.capture_context()
         return _sync.run_sync(self.arun(task))
 
     def stream(self, task: str) -> Iterator[Event]:
@@ -469,6 +441,7 @@ class Agent:
         import queue as _queue
 
         box: _queue.Queue[tuple[str, Any]] = _queue.Queue()
+        self._trace_parent = telemetry.capture_context()
 
         async def pump() -> None:
             try:
@@ -523,9 +496,12 @@ class Agent:
         self.turns += 1
         first_step, usage_before = self.steps, self.usage
         run_id = uuid.uuid4().hex[:12]
-        starting = self._kernel_start is None or not self._kernel_start.done()
-        kernel_start = self._ensure_kernel()
-        setup_error = await self._mcp_ready()
+        setup_error: NbAgentError | None = None
+        try:  # MCP servers start before any model call: the prompt lists their tools
+            await asyncio.shield(self._mcp_tools())
+        except NbAgentError as exc:
+            setup_error = exc
+        untrace = telemetry.trace_run(self._listeners, self._trace_parent)
         prompt = self._add_task_message(task)
         self._context = ""
         specs = tuple(self.tool_host.specs()) if self.tool_host else ()
@@ -540,12 +516,12 @@ class Agent:
                 tools=specs,
             )
         )
-        if starting:
+        if self._kernel_start is None or not self._kernel_start.done():
             emit(KernelStatus(status="starting"))
         runner = StepRunner(
             self,
             emit,
-            kernel_start=kernel_start,
+            kernel_start=self._ensure_kernel(),
             deadline=t0 + self.time_limit if self.time_limit else None,
         )
         error: BaseException | None = None
@@ -578,19 +554,10 @@ class Agent:
                 error_type=type(error).__name__ if error is not None else None,
             )
         )
+        untrace()
         queue.put_nowait(None)
         if error is not None:
             raise error
-
-    async def _mcp_ready(self) -> NbAgentError | None:
-        """Wait for the MCP servers (before any model call); their failure, if they failed."""
-        if not self.mcp_servers:
-            return None
-        try:
-            await asyncio.shield(self._ensure_mcp())
-        except NbAgentError as exc:
-            return exc
-        return None
 
     def _add_task_message(self, task: str) -> str:
         """Append the user message that starts a run; return its text."""
@@ -614,18 +581,6 @@ class Agent:
 
     def _model_label(self) -> str:
         return f"{self.model.provider}:{self.model.name}"
-
-
-def _mcp_specs(items: Sequence[str | McpServer]) -> tuple[McpServer, ...]:
-    """Checked MCP server specs (the SDK is only required when there are some)."""
-    if not items:
-        return ()
-    from nbagent.mcptools import parse_servers
-    from nbagent.mcptools.client import require_sdk
-
-    specs = parse_servers(items)
-    require_sdk()
-    return specs
 
 
 def _diff(after: Usage, before: Usage) -> Usage:

@@ -9,6 +9,26 @@ server and its credentials live. This package's ``__init__`` and :mod:`.spec` im
 of the SDK: ``import nbagent`` works and stays fast without it.
 """
 
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
+
 from nbagent.mcptools.spec import McpServer, parse_servers
 
-__all__ = ["McpServer", "parse_servers"]
+if TYPE_CHECKING:
+    from nbagent.mcptools.client import McpHub
+
+__all__ = ["McpServer", "hub_for", "parse_servers"]
+
+
+def hub_for(items: Sequence[str | McpServer], *, taken: Iterable[str] = ()) -> McpHub | None:
+    """The session's MCP servers, checked now (None when there are none; the SDK is needed
+    only when there are some)."""
+    if not items:
+        return None
+    from nbagent.mcptools.client import McpHub, require_sdk
+
+    servers = parse_servers(items)
+    require_sdk()
+    return McpHub(servers, taken=taken)

@@ -229,7 +229,18 @@ class McpHub:
         self.servers = tuple(servers)
         self.taken = tuple(taken)
         self._connections: list[_Connection] = []
+        self._start: asyncio.Future[list[McpTool]] | None = None
         self.tools: list[McpTool] = []
+
+    async def started(self) -> list[McpTool]:
+        """The servers' tools, once every server has started (the first caller starts them;
+        after a failed start, the next caller tries again). Cancelling a caller does not
+        cancel the start."""
+        start = self._start
+        if start is None or (start.done() and (start.cancelled() or start.exception())):
+            start = self._start = asyncio.ensure_future(self.start())
+            start.add_done_callback(lambda f: f.cancelled() or f.exception())
+        return await asyncio.shield(start)
 
     async def start(self) -> list[McpTool]:
         """Start every server and list its tools; a server that does not start raises a
@@ -258,7 +269,7 @@ class McpHub:
                         + _log_tail(conn)
                     ) from None
         except BaseException:
-            await self.aclose()
+            await self._stop_all()
             raise
         listings = [(c.name, [t.name for t in c.tools]) for c in self._connections]
         names = assign_names(listings, self.taken)
@@ -280,6 +291,13 @@ class McpHub:
 
     async def aclose(self) -> None:
         """Stop every server (bounded: the SDK closes stdin, then terminates the group)."""
+        start, self._start = self._start, None
+        if start is not None and not start.done():
+            with contextlib.suppress(BaseException):
+                await start
+        await self._stop_all()
+
+    async def _stop_all(self) -> None:
         for conn in self._connections:
             conn.stop.set()
         tasks = [c.task for c in self._connections if c.task is not None]
