@@ -193,6 +193,32 @@ class _McpHeader(argparse.Action):
         servers[-1] = McpServer(url=url, headers=headers)
 
 
+class _McpEnv(argparse.Action):
+    """``--mcp-env NAME[=VALUE]``: a variable for the ``--mcp`` command given just before it
+    (NAME alone passes the host's value although it looks secret)."""
+
+    def __call__(self, parser: Any, namespace: Any, value: Any, option: Any = None) -> None:
+        from nbagent.mcptools import McpServer
+
+        servers = getattr(namespace, "mcp", None) or []
+        last = servers[-1] if servers else ""
+        if (
+            isinstance(last, McpServer)
+            and last.url
+            or not isinstance(last, McpServer)
+            and (not last or re.match(r"https?://", str(last)))
+        ):
+            parser.error("--mcp-env applies to the --mcp command given before it")
+        spec = last if isinstance(last, McpServer) else McpServer(str(last))
+        name, sep, text = str(value).partition("=")
+        env, passed = dict(spec.env), list(spec.pass_env)
+        if sep:
+            env[name] = text
+        else:
+            passed.append(name)
+        servers[-1] = McpServer(spec.command, env=env, pass_env=tuple(passed))
+
+
 def _add_mcp_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--mcp",
@@ -208,6 +234,13 @@ def _add_mcp_options(p: argparse.ArgumentParser) -> None:
         metavar="NAME=VALUE",
         help="an HTTP header for the --mcp URL before it (${VAR} in VALUE is read from the "
         "environment)",
+    )
+    p.add_argument(
+        "--mcp-env",
+        action=_McpEnv,
+        metavar="NAME[=VALUE]",
+        help="a variable for the --mcp command before it; NAME alone passes the host's value "
+        "(servers get the host environment minus secrets, like the kernel)",
     )
 
 
