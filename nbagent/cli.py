@@ -202,14 +202,12 @@ class _McpEnv(argparse.Action):
 
         servers = getattr(namespace, "mcp", None) or []
         last = servers[-1] if servers else ""
-        if (
-            isinstance(last, McpServer)
-            and last.url
-            or not isinstance(last, McpServer)
-            and (not last or re.match(r"https?://", str(last)))
-        ):
+        spec = last if isinstance(last, McpServer) else None
+        if spec is None and last and not re.match(r"https?://", str(last)):
+            spec = McpServer(str(last))
+        if spec is None or spec.url:
             parser.error("--mcp-env applies to the --mcp command given before it")
-        spec = last if isinstance(last, McpServer) else McpServer(str(last))
+            return
         name, sep, text = str(value).partition("=")
         env, passed = dict(spec.env), list(spec.pass_env)
         if sep:
