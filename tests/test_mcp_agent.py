@@ -5,8 +5,13 @@ the transcript re-executed by nbclient without the server, and the CLI in a subp
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
+import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +21,10 @@ import pytest
 pytest.importorskip("mcp")
 
 from nbagent import Agent, Transcript
+from nbagent.errors import ConfigError
 from nbagent.events import CellFinished, Observation, RunStarted, ToolCalled
 from nbagent.mcptools import McpServer
-from tests.llm_fixtures import ScriptedServer, scripted_model
+from tests.llm_fixtures import Reply, ScriptedServer, scripted_model
 
 SERVER = str(Path(__file__).with_name("mcp_server") / "server.py")
 SECRET = "mcp-" + "9f3a61c2d84e07b5"
@@ -152,3 +158,136 @@ def _comparable(outputs: list[Any]) -> list[tuple[Any, ...]]:
         else:
             out.append((o["output_type"], sorted(o["data"])[0]))
     return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def http_server() -> Iterator[str]:
+    """The test server over streamable HTTP on loopback; yields its URL."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, SERVER, "--http", str(port)],
+        stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        env={**os.environ, "MCP_TEST_SECRET": SECRET},
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}/mcp"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_streamable_http_server_with_the_tool_call_action(
+    scripted_openai: ScriptedServer, tmp_path: Path, http_server: str
+) -> None:
+    scripted_openai.add(
+        Reply(tool_calls=[{"name": "run_python", "arguments": {"code": "print(convert(2))"}}]),
+        Reply(text="2.2 dollars"),
+    )
+    spec = McpServer(url=http_server, headers={"X-Test": "${MCP_TEST_HEADER}"})
+    os.environ["MCP_TEST_HEADER"] = "h1"
+    try:
+        agent = Agent(scripted_model(scripted_openai), workdir=tmp_path, mcp=[spec], action="tools")
+        with agent:
+            result = agent.run("Convert 2 EUR.")
+    finally:
+        del os.environ["MCP_TEST_HEADER"]
+    assert (result.status, result.answer) == ("answered", "2.2 dollars")
+    cell = next(e for e in result.events if isinstance(e, CellFinished))
+    assert cell.outputs[0]["text"] == "2.2\n"
+    first = json.loads(scripted_openai.chat_requests[0].body)
+    assert [t["function"]["name"] for t in first["tools"]] == ["run_python"]
+    assert (
+        "- convert(amount: float, currency: str = 'USD') -> float"
+        in (first["messages"][0]["content"])
+    )
+
+
+def test_a_server_that_does_not_start_is_one_line_before_any_model_call(
+    scripted_openai: ScriptedServer, tmp_path: Path
+) -> None:
+    bad = McpServer(
+        (sys.executable, "-c", "import sys; sys.stderr.write('boom: no config\\n'); sys.exit(1)")
+    )
+    agent = Agent(scripted_model(scripted_openai), workdir=tmp_path, mcp=[bad])
+    with agent, pytest.raises(ConfigError) as info:
+        agent.run("Anything.")
+    message = str(info.value)
+    assert "\n" not in message
+    assert "did not start" in message and "its log ends: boom: no config" in message
+    assert scripted_openai.chat_requests == []
+    missing = Agent(scripted_model(scripted_openai), workdir=tmp_path, mcp=["no-such-cmd x"])
+    with missing, pytest.raises(ConfigError, match="command not found"):
+        missing.run("Anything.")
+    with pytest.raises(ConfigError, match="either a command or a url"):
+        McpServer()
+
+
+def test_no_server_outlives_a_killed_host(tmp_path: Path) -> None:
+    script = tmp_path / "host.py"
+    script.write_text(
+        "import sys\n"
+        "from nbagent import Agent, _sync\n"
+        "from nbagent.mcptools import McpServer\n"
+        f"agent = Agent('openai:x', base_url='http://127.0.0.1:9/v1', workdir={str(tmp_path)!r},\n"
+        f"              mcp=[McpServer(({sys.executable!r}, {SERVER!r}))])\n"
+        "agent.__enter__()\n"
+        "_sync.run_sync(agent._mcp.started())\n"
+        "print(agent._mcp._connections[0].group.pid, flush=True)\n"
+        "import time; time.sleep(120)\n"
+    )
+    host = subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, text=True, cwd=Path.cwd()
+    )
+    try:
+        line = host.stdout.readline() if host.stdout else ""
+        server_pid = int(line)
+        assert alive(server_pid)
+        os.kill(host.pid, signal.SIGKILL)
+        host.wait(10)
+        assert wait_dead(server_pid), "the MCP server outlived its killed host"
+    finally:
+        if host.poll() is None:
+            host.kill()
+
+
+def test_cli_run_with_an_mcp_server(
+    scripted_openai: ScriptedServer, tmp_path: Path, host_env: dict[str, str]
+) -> None:
+    import hashlib
+
+    signature = hashlib.sha256((SECRET + "x").encode()).hexdigest()[:16]
+    scripted_openai.add(
+        py("import os\nprint(convert(10, 'USD'), signed('x'), os.environ.get('MCP_TEST_SECRET'))"),
+        "11.0",
+    )
+    out = tmp_path / "run.ipynb"
+    env = {**host_env, **scripted_openai.env(), "MCP_TEST_SECRET": SECRET}
+    env.pop("OPENAI_API_KEY", None)
+    command = f"{sys.executable} {SERVER}"
+    proc = subprocess.run(
+        [sys.executable, "-m", "nbagent", "run", "Convert 10 EUR.", "--mcp", command,
+         "--mcp-env", "MCP_TEST_SECRET", "-o", str(out), "--workdir", str(tmp_path)],
+        env=env, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "11.0\n"
+    assert "tool convert() ok" in proc.stderr and "tool signed() ok" in proc.stderr
+    nb = nbformat.read(out, as_version=4)
+    step = next(c for c in nb.cells if c.metadata["nbagent"]["role"] == "step")
+    # The server had the secret (its signature is right); the kernel did not.
+    assert step.outputs[0]["text"] == f"11.0 {signature} None\n"
+    assert SECRET not in out.read_text() and SECRET not in proc.stderr
+    assert all(SECRET.encode() not in r.body for r in scripted_openai.requests)
