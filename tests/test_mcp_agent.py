@@ -235,32 +235,72 @@ def test_a_server_that_does_not_start_is_one_line_before_any_model_call(
         McpServer()
 
 
-def test_no_server_outlives_a_killed_host(tmp_path: Path) -> None:
+HOST = """
+import json, sys, time
+from nbagent import Agent, _sync
+from nbagent.mcptools import McpServer
+
+mode, python, server, workdir = sys.argv[1:5]
+agent = Agent("openai:x", base_url="http://127.0.0.1:9/v1", workdir=workdir,
+              mcp=[McpServer((python, server))])
+agent.__enter__()
+tools = {t.name: t for t in _sync.run_sync(agent._mcp.started())}
+child = _sync.run_sync(tools["spawn_child"].fn()).value
+group = agent._mcp._connections[0].group.pid
+print(json.dumps({"server": group, "child": child}), flush=True)
+sys.stdin.readline()  # "go", or a signal
+if mode == "exception":
+    raise RuntimeError("the host crashed")
+# "normal": the end of the script, without closing the agent
+"""
+
+
+@pytest.mark.parametrize(
+    ("mode", "sig"),
+    [
+        ("normal", None),
+        ("exception", None),
+        ("sigterm", signal.SIGTERM),
+        ("sigint", signal.SIGINT),
+        ("sigkill", signal.SIGKILL),
+    ],
+)
+def test_no_server_outlives_its_host(
+    mode: str, sig: signal.Signals | None, tmp_path: Path, host_env: dict[str, str]
+) -> None:
     script = tmp_path / "host.py"
-    script.write_text(
-        "import sys\n"
-        "from nbagent import Agent, _sync\n"
-        "from nbagent.mcptools import McpServer\n"
-        f"agent = Agent('openai:x', base_url='http://127.0.0.1:9/v1', workdir={str(tmp_path)!r},\n"
-        f"              mcp=[McpServer(({sys.executable!r}, {SERVER!r}))])\n"
-        "agent.__enter__()\n"
-        "_sync.run_sync(agent._mcp.started())\n"
-        "print(agent._mcp._connections[0].group.pid, flush=True)\n"
-        "import time; time.sleep(120)\n"
-    )
+    script.write_text(HOST)
+    env = {k: v for k, v in host_env.items() if k != "PYTEST_CURRENT_TEST"}
     host = subprocess.Popen(
-        [sys.executable, str(script)], stdout=subprocess.PIPE, text=True, cwd=Path.cwd()
-    )
+        [sys.executable, str(script), mode, sys.executable, SERVER, str(tmp_path)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=env,
+    )  # fmt: skip
+    info: dict[str, int] = {}
     try:
         line = host.stdout.readline() if host.stdout else ""
-        server_pid = int(line)
-        assert alive(server_pid)
-        os.kill(host.pid, signal.SIGKILL)
-        host.wait(10)
-        assert wait_dead(server_pid), "the MCP server outlived its killed host"
+        assert line, host.stderr.read() if host.stderr else ""
+        info = json.loads(line)
+        assert alive(info["server"]) and alive(info["child"])
+        if sig is not None:
+            host.send_signal(sig)
+        elif host.stdin is not None:
+            host.stdin.write("go\n")
+            host.stdin.flush()
+        _, err = host.communicate(timeout=30)
+        if mode == "exception":
+            assert "RuntimeError: the host crashed" in err
+        if mode == "sigterm":
+            assert host.returncode == 128 + signal.SIGTERM
+        assert wait_dead(info["server"]), "the MCP server outlived its host"
+        if sig != signal.SIGKILL:  # the reaper kills the server's process group
+            assert wait_dead(info["child"], 5), "the server's child outlived the host"
     finally:
         if host.poll() is None:
             host.kill()
+        for pid in info.values():
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
 
 
 def test_cli_run_with_an_mcp_server(

@@ -228,6 +228,7 @@ class McpHub:
     def __init__(self, servers: Sequence[McpServer], *, taken: Iterable[str] = ()) -> None:
         self.servers = tuple(servers)
         self.taken = tuple(taken)
+        _reaper.install_sigterm_handler()  # works from the main thread, where agents are made
         self._connections: list[_Connection] = []
         self._start: asyncio.Future[list[McpTool]] | None = None
         self.tools: list[McpTool] = []

@@ -66,6 +66,14 @@ def crash() -> str:
 
 
 @server.tool()
+def spawn_child() -> int:
+    """Start a long sleep in a child process (for tests); its pid."""
+    import subprocess
+
+    return subprocess.Popen(["sleep", "300"]).pid
+
+
+@server.tool()
 def pid() -> int:
     """This server's process id."""
     return os.getpid()
