@@ -66,7 +66,7 @@ def test_kernel_code_calls_mcp_tools_over_stdio(
         py(
             "r = convert(10, 'USD')\nprint(r, type(r).__name__)\nprint(get_rates())\n"
             "s = signed('x')\nprint(len(s))\nserver_pid = pid()\nimport os\n"
-            "print('kernel sees', os.environ.get('MCP_TEST_SECRET'))"
+            "print('kernel sees', os.environ.get('MCP_TEST_SECRET'))\nprint(leak())"
         ),
         py("convert(1, 'XXX')"),
         py("caption = plot()\nprint(caption)"),
@@ -92,7 +92,9 @@ def test_kernel_code_calls_mcp_tools_over_stdio(
     assert "- get_rates() -> dict[str, float]: All exchange rates from EUR." in system
     cells = [e for e in result.events if isinstance(e, CellFinished)]
     first = "".join(o.get("text", "") for o in cells[0].outputs)
-    assert first == "11.0 float\n{'USD': 1.1, 'GBP': 0.85}\n16\nkernel sees None\n"
+    assert (
+        first == "11.0 float\n{'USD': 1.1, 'GBP': 0.85}\n16\nkernel sees None\nthe secret is ***\n"
+    )
     # A tool error is an exception in the kernel with the server's message; the run goes on.
     assert cells[1].status == "error"
     observations = [e.text for e in result.events if isinstance(e, Observation)]
@@ -108,7 +110,7 @@ def test_kernel_code_calls_mcp_tools_over_stdio(
     assert "ToolCallError: pid() failed: the MCP server fx is not running" in observations[3]
     calls = [e for e in result.events if isinstance(e, ToolCalled)]
     assert [c.name for c in calls] == [
-        "convert", "get_rates", "signed", "pid", "convert", "plot", "crash", "pid"
+        "convert", "get_rates", "signed", "pid", "leak", "convert", "plot", "crash", "pid"
     ]  # fmt: skip
     started = next(e for e in result.events if isinstance(e, RunStarted))
     assert {s["name"] for s in started.tools} >= {"convert", "get_rates", "plot"}

@@ -175,8 +175,8 @@ class _Connection:
             errlog = stack.enter_context(open(log, "w", encoding="utf-8"))  # noqa: SIM115
             env = scrub_env(os.environ, spec.pass_env)
             env.update(spec.env)
-            for value in spec.env.values():
-                self.redact.add(value)
+            for value in (*spec.env.values(), *(env.get(n, "") for n in spec.pass_env)):
+                self.redact.add(value)  # a result or error that echoes them is masked
             launcher = [_LAUNCHER, str(os.getpid()), str(self.pidfile), *spec.command]
             params = StdioServerParameters(
                 command=sys.executable, args=["-c", *launcher], env=env, cwd=spec.cwd
@@ -284,6 +284,7 @@ class McpHub:
                 output_schema=t.output_schema,
                 call=conn.call,
                 timeout=conn.spec.timeout,
+                redact=conn.redact,
             )
             for conn, mine in zip(self._connections, names, strict=True)
             for t, name in zip(conn.tools, mine, strict=True)

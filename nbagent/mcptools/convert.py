@@ -152,6 +152,7 @@ class McpTool(Tool):
         output_schema: Mapping[str, Any] | None,
         call: Callable[[str, dict[str, Any]], Awaitable[Any]],
         timeout: float | None = None,
+        redact: Callable[[str], str] | None = None,
     ) -> None:
         self.name = name
         self.remote_name = remote_name
@@ -202,6 +203,7 @@ class McpTool(Tool):
         self.description = text
         self.__doc__ = text
         self._call = call
+        self._redact = redact
         self.fn = self._invoke
 
     async def _invoke(self, *args: Any, **kwargs: Any) -> ToolOutput:
@@ -212,14 +214,17 @@ class McpTool(Tool):
             if v is not _OMIT and not (v is None and self._names[k] not in self._required())
         }
         result = await self._call(self.remote_name, arguments)
-        return tool_output(result, unwrap=self.unwrap is not None)
+        return tool_output(result, unwrap=self.unwrap is not None, redact=self._redact)
 
     def _required(self) -> set[str]:
         return set(self.parameters.get("required") or ())
 
 
-def tool_output(result: Any, *, unwrap: bool) -> ToolOutput:
-    """A ``CallToolResult`` as the value kernel code gets, plus images to display.
+def tool_output(
+    result: Any, *, unwrap: bool, redact: Callable[[str], str] | None = None
+) -> ToolOutput:
+    """A ``CallToolResult`` as the value kernel code gets, plus images to display; ``redact``
+    masks known secrets (the server's own) in every string of it.
 
     Raises:
         McpToolFailed: The result is an error (``isError``); the message is the server's text.
@@ -245,8 +250,9 @@ def tool_output(result: Any, *, unwrap: bool) -> ToolOutput:
             texts.append(f"[resource {getattr(block, 'uri', '')}]")
         elif kind == "audio":
             texts.append("[audio content, not shown]")
+    mask = redact or (lambda text: text)
     if getattr(result, "is_error", False):
-        raise McpToolFailed("\n".join(texts).strip() or "the tool reported an error")
+        raise McpToolFailed(mask("\n".join(texts).strip() or "the tool reported an error"))
     structured = getattr(result, "structured_content", None)
     if structured is not None:
         value = structured
@@ -254,4 +260,14 @@ def tool_output(result: Any, *, unwrap: bool) -> ToolOutput:
             value = structured["result"]
     else:
         value = "\n".join(texts)
-    return ToolOutput(value, display=tuple(display))
+    return ToolOutput(_masked(value, mask) if redact else value, display=tuple(display))
+
+
+def _masked(value: Any, mask: Callable[[str], str]) -> Any:
+    if isinstance(value, str):
+        return mask(value)
+    if isinstance(value, list):
+        return [_masked(v, mask) for v in value]
+    if isinstance(value, Mapping):
+        return {mask(str(k)): _masked(v, mask) for k, v in value.items()}
+    return value

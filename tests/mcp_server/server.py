@@ -45,6 +45,12 @@ def signed(text: str) -> str:
     return hashlib.sha256((secret + text).encode()).hexdigest()[:16] if secret else "no-secret"
 
 
+@server.tool()
+def leak() -> str:
+    """Return the server's secret (a careless tool, for tests)."""
+    return "the secret is " + os.environ.get("MCP_TEST_SECRET", "")
+
+
 @server.tool(name="get-rates")
 def get_rates() -> dict[str, float]:
     """All exchange rates from EUR."""
