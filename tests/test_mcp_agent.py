@@ -24,6 +24,7 @@ from nbagent import Agent, Transcript
 from nbagent.errors import ConfigError
 from nbagent.events import CellFinished, Observation, RunStarted, ToolCalled
 from nbagent.mcptools import McpServer
+from nbagent.widget import AgentPanel
 from tests.llm_fixtures import Reply, ScriptedServer, scripted_model
 
 SERVER = str(Path(__file__).with_name("mcp_server") / "server.py")
@@ -102,8 +103,19 @@ def test_kernel_code_calls_mcp_tools_over_stdio(
         "ToolCallError: convert() failed: Error executing tool convert: unknown currency XXX"
         in (observations[1])
     )
-    # An image result is an output of the cell; the text is the value.
+    # An image result is an output of the cell, in the events and the panel; the text is the
+    # value.
     assert any("image/png" in (o.get("data") or {}) for o in cells[2].outputs)
+    panel = AgentPanel(interval=0.05)
+    try:
+        for event in events:
+            panel.handle(event)
+        panel.flush()
+        step = panel._runs[-1].steps[3]
+        assert any("image/png" in (o.get("data") or {}) for o in step.out.outputs)
+        assert "plot()" in step.foot.value
+    finally:
+        panel.close()
     assert "a red pixel" in "".join(o.get("text", "") for o in cells[2].outputs)
     # A crashed server: ToolCallError for this call and the next; the run still answers.
     assert "crashed: crash() failed: the MCP server fx is not running" in observations[3]
@@ -241,6 +253,7 @@ HOST = """
 import json, sys, time
 from nbagent import Agent, _sync
 from nbagent.mcptools import McpServer
+from nbagent.widget import AgentPanel
 
 mode, python, server, workdir = sys.argv[1:5]
 agent = Agent("openai:x", base_url="http://127.0.0.1:9/v1", workdir=workdir,
