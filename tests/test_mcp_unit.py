@@ -170,3 +170,28 @@ def test_server_specs() -> None:
     assert expand_header("Bearer ${TOK}", {"TOK": "t1"}) == "Bearer t1"
     with pytest.raises(ConfigError, match=r"\$\{TOK\}, which is not set"):
         expand_header("Bearer ${TOK}", {})
+
+
+def test_cli_options_reach_run_batch_and_eval() -> None:
+    from nbagent.cli import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(
+        ["run", "t", "--mcp", "python s.py", "--mcp-env", "KEY", "--mcp-env", "A=1",
+         "--mcp", "https://h/mcp", "--mcp-header", "Authorization=Bearer ${TOK}"]
+    )  # fmt: skip
+    stdio, http = args.mcp
+    assert stdio.command == ("python", "s.py") and stdio.pass_env == ("KEY",)
+    assert dict(stdio.env) == {"A": "1"}
+    assert http.url == "https://h/mcp" and dict(http.headers) == {"Authorization": "Bearer ${TOK}"}
+    for argv in (["batch", "tasks.jsonl", "-o", "out"], ["eval", "dir"]):
+        assert parser.parse_args([*argv, "--mcp", "python s.py"]).mcp == ["python s.py"]
+    bad_options = [
+        ["--mcp-header", "A=b"],
+        ["--mcp", "python s.py", "--mcp-header", "A=b"],
+        ["--mcp", "https://h", "--mcp-env", "A"],
+        ["--mcp", "https://h", "--mcp-header", "A"],
+    ]
+    for bad in bad_options:
+        with pytest.raises(SystemExit):
+            parser.parse_args(["run", "t", *bad])
