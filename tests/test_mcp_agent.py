@@ -149,6 +149,10 @@ def test_transcript_of_an_mcp_run_replays_without_the_server(
     agent.add_listener(transcript)
     with agent:
         assert agent.run("Convert.").answer == "8.5"
+        assert agent._mcp is not None
+        group = agent._mcp._connections[0].group
+        assert group is not None and alive(group.pid)
+    assert wait_dead(group.pid, 5), "the server outlived the agent's session"
     nb = nbformat.read(path, as_version=4)
     steps = [c for c in nb.cells if c.metadata.get("nbagent", {}).get("role") == "step"]
     recorded = [_comparable(c.outputs) for c in steps]
@@ -346,3 +350,27 @@ def test_cli_run_with_an_mcp_server(
     assert step.outputs[0]["text"] == f"11.0 {signature} None\n"
     assert SECRET not in out.read_text() and SECRET not in proc.stderr
     assert all(SECRET.encode() not in r.body for r in scripted_openai.requests)
+
+
+def test_a_stdio_server_gets_no_secrets_unless_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+    import hashlib
+
+    from nbagent.mcptools.client import McpHub
+
+    monkeypatch.setenv("MCP_TEST_SECRET", SECRET)  # looks secret: filtered like the kernel's
+
+    async def signed_by(spec: McpServer) -> Any:
+        hub = McpHub([spec])
+        try:
+            tools = {t.name: t for t in await hub.started()}
+            return (await tools["signed"].fn("x")).value
+        finally:
+            await hub.aclose()
+
+    plain = McpServer((sys.executable, SERVER))
+    passed = McpServer((sys.executable, SERVER), pass_env=("MCP_TEST_SECRET",))
+    assert asyncio.run(signed_by(plain)) == "no-secret"
+    assert (
+        asyncio.run(signed_by(passed)) == hashlib.sha256((SECRET + "x").encode()).hexdigest()[:16]
+    )
