@@ -374,3 +374,19 @@ def test_a_stdio_server_gets_no_secrets_unless_named(monkeypatch: pytest.MonkeyP
     assert (
         asyncio.run(signed_by(passed)) == hashlib.sha256((SECRET + "x").encode()).hexdigest()[:16]
     )
+
+
+def test_a_slow_call_times_out_and_the_server_still_answers(
+    scripted_openai: ScriptedServer, tmp_path: Path
+) -> None:
+    scripted_openai.add(
+        py("try:\n    slow(30)\nexcept ToolCallError as e:\n    print(e)\nprint(slow(0.01))"),
+        py("final_answer(convert(1))"),
+    )
+    spec = stdio_server(timeout=1.0)
+    with Agent(scripted_model(scripted_openai), workdir=tmp_path, mcp=[spec]) as agent:
+        result = agent.run("Be slow.")
+    assert result.answer == "1.1"
+    cell = next(e for e in result.events if isinstance(e, CellFinished))
+    text = "".join(o.get("text", "") for o in cell.outputs)
+    assert text == "slow() failed: timed out after 1 s\nslept 0.01\n"

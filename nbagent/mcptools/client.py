@@ -39,6 +39,9 @@ from nbagent.mcptools.spec import McpServer
 
 __all__ = ["McpHub", "require_sdk"]
 
+#: JSON-RPC code of the SDK's "Connection closed" (``mcp_types.CONNECTION_CLOSED``).
+_CONNECTION_CLOSED = -32000
+
 # The SDK logs a server's failures as tracebacks; without a handler of the application's they
 # would reach stderr through logging's last resort. nbagent reports them as one line instead.
 logging.getLogger("mcp").addHandler(logging.NullHandler())
@@ -212,9 +215,10 @@ class _Connection:
         try:
             return await client.call_tool(name, arguments)
         except Exception as exc:
-            if self.task is None or self.task.done() or "closed" in str(exc).lower():
-                raise McpToolFailed(self._gone_message(str(exc))) from None
-            raise McpToolFailed(self.redact(f"MCP server {self.name}: {_describe(exc)}")) from None
+            code = getattr(exc, "code", None)  # an MCPError: the server's error, or ours
+            if self.task is None or self.task.done() or code == _CONNECTION_CLOSED:
+                raise McpToolFailed(self._gone_message(_message(exc))) from None
+            raise McpToolFailed(self.redact(f"MCP server {self.name}: {_message(exc)}")) from None
 
     def _gone_message(self, detail: str = "") -> str:
         text = f"the MCP server {self.name} is not running ({detail or self.gone})"
@@ -319,6 +323,12 @@ class McpHub:
 def _log_tail(conn: _Connection) -> str:
     last = conn.last_log_line()
     return f"; its log ends: {last}" if last else ""
+
+
+def _message(exc: Exception) -> str:
+    """An MCP error's own message (without the code), else the exception in one line."""
+    message = getattr(exc, "message", None)
+    return one_line(message, 300) if isinstance(message, str) and message else _describe(exc)
 
 
 def _describe(exc: BaseException) -> str:

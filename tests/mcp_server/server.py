@@ -66,6 +66,15 @@ def plot() -> list:
 
 
 @server.tool()
+async def slow(seconds: float) -> str:
+    """Sleep, then say so."""
+    import anyio
+
+    await anyio.sleep(seconds)
+    return f"slept {seconds}"
+
+
+@server.tool()
 def crash() -> str:
     """Kill this server (for tests)."""
     os._exit(3)
