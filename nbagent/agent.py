@@ -498,10 +498,11 @@ class Agent:
         run_id = uuid.uuid4().hex[:12]
         setup_error: NbAgentError | None = None
         try:  # MCP servers start before any model call: the prompt lists their tools
-            await asyncio.shield(self._mcp_tools())
+            await self._mcp_tools()
         except NbAgentError as exc:
             setup_error = exc
         untrace = telemetry.trace_run(self._listeners, self._trace_parent)
+        self._trace_parent = None
         prompt = self._add_task_message(task)
         self._context = ""
         specs = tuple(self.tool_host.specs()) if self.tool_host else ()
