@@ -390,3 +390,33 @@ def test_a_slow_call_times_out_and_the_server_still_answers(
     cell = next(e for e in result.events if isinstance(e, CellFinished))
     text = "".join(o.get("text", "") for o in cell.outputs)
     assert text == "slow() failed: timed out after 1 s\nslept 0.01\n"
+
+
+def test_ctrl_c_during_a_tool_call_stops_the_run_and_the_server(
+    scripted_openai: ScriptedServer, tmp_path: Path, host_env: dict[str, str]
+) -> None:
+    psutil = pytest.importorskip("psutil")
+    scripted_openai.add(py("print('calling', flush=True)\nslow(600)"))
+    out = tmp_path / "run.ipynb"
+    env = {**host_env, **scripted_openai.env()}
+    env.pop("OPENAI_API_KEY", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nbagent", "run", "t", "--mcp", f"{sys.executable} {SERVER}",
+         "-o", str(out), "--workdir", str(tmp_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    host = psutil.Process(proc.pid)
+    servers: list[Any] = []
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and not (servers and scripted_openai.chat_requests):
+        servers = [c for c in host.children(recursive=True) if SERVER in " ".join(c.cmdline())]
+        time.sleep(0.1)
+    assert servers, "no MCP server started"
+    time.sleep(3.0)  # the cell is now waiting for slow()
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    _, left = psutil.wait_procs(servers, timeout=10)
+    assert not left, "the MCP server outlived an interrupted run"
+    nb = nbformat.read(out, as_version=4)
+    assert nb.metadata["nbagent"]["status"] == "stopped"

@@ -195,3 +195,17 @@ def test_cli_options_reach_run_batch_and_eval() -> None:
     for bad in bad_options:
         with pytest.raises(SystemExit):
             parser.parse_args(["run", "t", *bad])
+
+
+def test_without_the_sdk_a_clear_one_line_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    from nbagent.mcptools import hub_for
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "mcp" else real(name, *a)
+    )
+    assert hub_for([]) is None  # no servers: the SDK is not needed
+    with pytest.raises(ConfigError, match=r"need the mcp package: pip install 'nbagent\[mcp\]'"):
+        hub_for(["python server.py"])
