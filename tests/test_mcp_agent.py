@@ -420,3 +420,23 @@ def test_ctrl_c_during_a_tool_call_stops_the_run_and_the_server(
     assert not left, "the MCP server outlived an interrupted run"
     nb = nbformat.read(out, as_version=4)
     assert nb.metadata["nbagent"]["status"] == "stopped"
+
+
+def test_mcp_tools_from_a_gateway_kernel(
+    scripted_openai: ScriptedServer, tmp_path: Path, kernel_gateway: Any
+) -> None:
+    scripted_openai.add(
+        py("import os\nprint(convert(10, 'USD'), os.environ.get('MCP_TEST_SECRET'))"),
+        py("final_answer(get_rates()['GBP'])"),
+    )
+    agent = Agent(
+        scripted_model(scripted_openai),
+        workdir=tmp_path,
+        mcp=[stdio_server()],
+        gateway=kernel_gateway.gateway(),
+    )
+    with agent:
+        result = agent.run("Convert on the gateway.")
+    assert result.answer == "0.85"
+    cell = next(e for e in result.events if isinstance(e, CellFinished))
+    assert cell.outputs[0]["text"] == "11.0 None\n"
