@@ -10,9 +10,14 @@ durations. One run gives::
     │   └── execute_tool <tool>                (one per host or MCP tool call from that code)
     └── ...
 
-The run span is a child of the caller's current span. Failures set the span status to ERROR
-with ``error.type``. The task, the model's replies, the code, its outputs and tool arguments and
-results are recorded only when content capture is on (``capture_content=True``, or the GenAI
+The run span is a child of the caller's current span. While the run, a model call or a cell
+is under way its span is also made *current* in the run's task (the listener is called there),
+so spans other libraries start meanwhile nest under it: the MCP SDK's ``MCP send tools/call``
+(which also carries the trace to the server), or an instrumented HTTP client's. Failures set
+the span status to ERROR with ``error.type``.
+
+The task, the model's replies, the code, its outputs and tool arguments and results are
+recorded only when content capture is on (``capture_content=True``, or the GenAI
 convention's ``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=true``), since they may hold
 data the tracing backend should not. Only this module imports OpenTelemetry
 (:mod:`nbagent.telemetry` decides whether to load it).
@@ -31,7 +36,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from nbagent import __version__
 from nbagent import events as ev
 
-__all__ = ["RunTracer", "current_context"]
+__all__ = ["RunTracer", "configured", "current_context"]
 
 #: Longest text kept in an opt-in content attribute.
 CONTENT_LIMIT = 8_000
@@ -41,6 +46,12 @@ _CAPTURE_ENV = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
 def current_context() -> Any:
     """The current OpenTelemetry context."""
     return otel_context.get_current()
+
+
+def configured() -> bool:
+    """True when a tracer provider has been set (the API's default records nothing; the MCP
+    SDK imports OpenTelemetry whether or not anyone traces)."""
+    return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
 
 
 def _ns(seconds: float) -> int:
@@ -88,11 +99,27 @@ class RunTracer:
         self._chat: Span | None = None
         self._cell: Span | None = None
         self._cell_ctx: Any = None
+        #: Context tokens of the spans made current, innermost last (detached in that order).
+        self._tokens: list[tuple[Span, Any]] = []
 
     def __call__(self, event: ev.Event) -> None:
         handler = getattr(self, f"_on_{type(event).__name__}", None)
         if handler is not None:
             handler(event)
+
+    def _enter(self, span: Span, ctx: Any) -> None:
+        """Make ``span`` current in the run's task until :meth:`_leave`."""
+        self._tokens.append((span, otel_context.attach(ctx)))
+
+    def _leave(self, span: Span | None) -> None:
+        """Undo :meth:`_enter` for ``span`` and whatever was entered after it."""
+        if span is None or all(s is not span for s, _ in self._tokens):
+            return
+        while self._tokens:
+            entered, token = self._tokens.pop()
+            otel_context.detach(token)
+            if entered is span:
+                return
 
     # -- spans -----------------------------------------------------------------------------
 
@@ -119,6 +146,7 @@ class RunTracer:
             "invoke_agent nbagent", context=parent, attributes=attrs, start_time=_ns(e.time)
         )
         self._run_ctx = trace.set_span_in_context(self._run, parent)
+        self._enter(self._run, self._run_ctx)
 
     def _start_chat(self, when: float) -> None:
         if self._run is None:
@@ -130,12 +158,14 @@ class RunTracer:
             attributes=self._gen_ai("chat"),
             start_time=_ns(when),
         )
+        self._enter(self._chat, trace.set_span_in_context(self._chat, self._run_ctx))
 
     def _on_StepStarted(self, e: ev.StepStarted) -> None:
         self._start_chat(e.time)
 
     def _on_PlanMade(self, e: ev.PlanMade) -> None:
         if self._chat is not None:  # that call asked for the plan; the step's own call follows
+            self._leave(self._chat)
             self._chat.set_attribute("nbagent.plan", True)
             if self.capture:
                 self._chat.set_attribute("nbagent.plan_text", _clip(e.text))
@@ -154,6 +184,7 @@ class RunTracer:
         chat, self._chat = self._chat, None
         if chat is None:
             return
+        self._leave(chat)
         chat.set_attribute("gen_ai.usage.input_tokens", e.usage.input_tokens)
         chat.set_attribute("gen_ai.usage.output_tokens", e.usage.output_tokens)
         if e.usage.cached_tokens:
@@ -181,6 +212,7 @@ class RunTracer:
             start_time=_ns(e.time),
         )  # fmt: skip
         self._cell_ctx = trace.set_span_in_context(self._cell, self._run_ctx)
+        self._enter(self._cell, self._cell_ctx)
 
     def _on_ToolCalled(self, e: ev.ToolCalled) -> None:
         parent = self._cell_ctx if self._cell is not None else self._run_ctx
@@ -209,6 +241,7 @@ class RunTracer:
         cell, self._cell, self._cell_ctx = self._cell, None, None
         if cell is None:
             return
+        self._leave(cell)
         cell.set_attribute("nbagent.cell.status", e.status)
         if e.status != "ok":
             cell.set_attribute("error.type", _error_type(e))
@@ -220,10 +253,12 @@ class RunTracer:
     def _on_CodeSkipped(self, e: ev.CodeSkipped) -> None:
         cell, self._cell, self._cell_ctx = self._cell, None, None
         if cell is not None:
+            self._leave(cell)
             cell.set_attribute("nbagent.cell.status", "skipped")
             cell.end(end_time=_ns(e.time))
 
     def _on_RunFinished(self, e: ev.RunFinished) -> None:
+        self._leave(self._run)  # and a chat or cell still current
         failed = e.status == "failed"
         for span in (self._chat, self._cell):
             if span is not None:  # cut short by the end of the run

@@ -1,8 +1,8 @@
 """OpenTelemetry, only when the application uses it: the agent's one hook into tracing.
 
 Importing OpenTelemetry costs start-up time, and most runs are not traced, so nbagent never
-imports it itself: a run is traced when ``opentelemetry.trace`` is already loaded (the
-application, or ``opentelemetry-instrument``, set up a tracer provider) and ``NBAGENT_OTEL`` is
+imports it itself: a run is traced when ``opentelemetry.trace`` is already loaded, a tracer
+provider is set (by the application, or ``opentelemetry-instrument``) and ``NBAGENT_OTEL`` is
 not ``0``. Then :func:`run_tracer` returns a :class:`nbagent.otel.RunTracer` — an event-stream
 listener that turns the run's events into spans — and :func:`capture_context` the caller's
 current OpenTelemetry context, so a blocking ``Agent.run`` (which runs on nbagent's loop thread)
@@ -40,9 +40,9 @@ def run_tracer(parent: Any = None) -> Callable[[Any], None] | None:
     None when tracing is off."""
     if not enabled():
         return None
-    from nbagent.otel import RunTracer
+    from nbagent.otel import RunTracer, configured
 
-    return RunTracer(parent=parent)
+    return RunTracer(parent=parent) if configured() else None
 
 
 def trace_run(listeners: list[Any], parent: Any = None) -> Callable[[], None]:

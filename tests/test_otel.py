@@ -151,3 +151,41 @@ def test_no_opentelemetry_import_unless_the_application_uses_it(tmp_path: Path) 
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_mcp_calls_nest_under_the_cell_that_made_them(
+    scripted_openai: ScriptedServer, tmp_path: Path, spans: Any
+) -> None:
+    pytest.importorskip("mcp")
+    from nbagent.mcptools import McpServer
+
+    server = str(Path(__file__).with_name("mcp_server") / "server.py")
+    scripted_openai.add(py("print(convert(10))"), py("final_answer(1)"))
+    mcp = [McpServer((sys.executable, server))]
+    with Agent(scripted_model(scripted_openai), workdir=tmp_path, mcp=mcp) as agent:
+        assert agent.run("Convert.").answer == "1"
+    named = by_name(spans.get_finished_spans())
+    (run,) = named["invoke_agent nbagent"]
+    cell = named["execute_tool run_python"][0]
+    (ours,) = named["execute_tool convert"]
+    assert ours.parent.span_id == cell.context.span_id
+    # The SDK's own client span of the call: made while the cell's span was current.
+    (sdk,) = named["MCP send tools/call convert"]
+    assert sdk.parent.span_id == cell.context.span_id
+    assert sdk.context.trace_id == run.context.trace_id
+    # Nothing of the run is left current once it is over.
+    assert not trace.get_current_span().get_span_context().is_valid
+
+
+def test_loaded_but_not_configured_means_no_tracer() -> None:
+    code = (
+        "import opentelemetry.trace\n"
+        "from nbagent import telemetry\n"
+        "assert telemetry.enabled()\n"
+        "assert telemetry.run_tracer() is None\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.strip() == "ok"
