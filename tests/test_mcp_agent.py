@@ -360,10 +360,13 @@ def test_a_stdio_server_gets_no_secrets_unless_named(monkeypatch: pytest.MonkeyP
 
     monkeypatch.setenv("MCP_TEST_SECRET", SECRET)  # looks secret: filtered like the kernel's
 
+    children: list[int] = []
+
     async def signed_by(spec: McpServer) -> Any:
         hub = McpHub([spec])
         try:
             tools = {t.name: t for t in await hub.started()}
+            children.append((await tools["spawn_child"].fn()).value)
             return (await tools["signed"].fn("x")).value
         finally:
             await hub.aclose()
@@ -374,6 +377,8 @@ def test_a_stdio_server_gets_no_secrets_unless_named(monkeypatch: pytest.MonkeyP
     assert (
         asyncio.run(signed_by(passed)) == hashlib.sha256((SECRET + "x").encode()).hexdigest()[:16]
     )
+    # Closing stops the server's whole process group: a child it started is gone too.
+    assert all(wait_dead(pid, 5) for pid in children)
 
 
 def test_a_slow_call_times_out_and_the_server_still_answers(

@@ -195,12 +195,13 @@ class _Connection:
             _reaper.register(self.group)
 
     def _unregister(self) -> None:
-        group = self.group
+        group, self.group = self.group, None
         if group is not None:
             _reaper.unregister(group)
-            if group.alive():  # something of the server outlived the SDK's shutdown
-                group.begin_reap()
-                group.finish_reap(0.5)
+            # The SDK has stopped the server; whatever else of its group is left (a child it
+            # started) goes now.
+            with contextlib.suppress(OSError):
+                os.killpg(group.pid, signal.SIGKILL)
 
     def remove_files(self) -> None:
         for path in (self.pidfile, self.log):
