@@ -153,6 +153,11 @@ def test_transcript_of_an_mcp_run_replays_without_the_server(
         group = agent._mcp._connections[0].group
         assert group is not None and alive(group.pid)
     assert wait_dead(group.pid, 5), "the server outlived the agent's session"
+    # `nbagent replay`: re-executed in a fresh kernel, without the server, outputs compared.
+    from nbagent.replay import replay
+
+    report = replay(path, strict_images=True)
+    assert report.ok, report.format()
     nb = nbformat.read(path, as_version=4)
     steps = [c for c in nb.cells if c.metadata.get("nbagent", {}).get("role") == "step"]
     recorded = [_comparable(c.outputs) for c in steps]
