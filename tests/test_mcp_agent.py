@@ -450,3 +450,23 @@ def test_mcp_tools_from_a_gateway_kernel(
     assert result.answer == "0.85"
     cell = next(e for e in result.events if isinstance(e, CellFinished))
     assert cell.outputs[0]["text"] == "11.0 None\n"
+
+
+def test_resume_replays_recorded_mcp_results_then_calls_the_server_live(
+    scripted_openai: ScriptedServer, tmp_path: Path
+) -> None:
+    scripted_openai.add(py("a = convert(10)\nprint(a)"), py("final_answer(a)"))
+    path = tmp_path / "run.ipynb"
+    transcript = Transcript(path)
+    first = Agent(scripted_model(scripted_openai), workdir=tmp_path, mcp=[stdio_server()])
+    first.add_listener(transcript)
+    with first:
+        assert first.run("Convert 10.").answer == "11.0"
+    scripted_openai.add(py("b = convert(20, 'GBP')\nprint(a, b)"), py("final_answer(a + b)"))
+    again = Agent(scripted_model(scripted_openai), workdir=tmp_path, mcp=[stdio_server()])
+    with again:
+        again.resume(path)
+        result = again.run("Now 20 to GBP and add.")
+    assert result.answer == "28.0"
+    calls = [e for e in result.events if isinstance(e, ToolCalled)]
+    assert [(c.name, c.result) for c in calls] == [("convert", 17.0)]  # only the live call
