@@ -19,6 +19,7 @@ _EXPORTS: dict[str, str] = {
     "ExecutionResult": "nbagent.kernel.base",
     "Gateway": "nbagent.kernel.gateway",
     "KernelSession": "nbagent.kernel.session",
+    "McpServer": "nbagent.mcptools",
     "ResourceLimits": "nbagent.kernel.limits",
     "RunResult": "nbagent.agent",
     "Tool": "nbagent.tools",
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from nbagent.kernel.limits import ResourceLimits as ResourceLimits
     from nbagent.kernel.session import KernelSession as KernelSession
     from nbagent.llm import make_model as make_model
+    from nbagent.mcptools import McpServer as McpServer
     from nbagent.steps import Decision as Decision
     from nbagent.tools import Tool as Tool
     from nbagent.tools import tool as tool

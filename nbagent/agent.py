@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from nbagent import _sync
+from nbagent import _sync, telemetry
 from nbagent.actions import ACTIONS, Action
 from nbagent.errors import ConfigError, NbAgentError
 from nbagent.events import (
@@ -41,6 +41,7 @@ from nbagent.kernel.session import KernelSession
 from nbagent.kernel.upload import DataFile, collect_data, describe_data
 from nbagent.llm import make_model
 from nbagent.llm.base import ChatModel, Message
+from nbagent.mcptools import McpServer, hub_for
 from nbagent.prelude import PRELUDE
 from nbagent.prompts import follow_up, system_prompt, task_message
 from nbagent.steps import Approver, Decision, Finish, StepRunner
@@ -128,6 +129,8 @@ class Agent:
         kernel: the kernelspec that runs the code: an installed Python kernelspec (another
             environment's Python; ``jupyter kernelspec list``), or with a gateway, the
             gateway's kernelspec. Default: this Python's ipykernel (a gateway's "python3").
+        mcp: MCP servers whose tools kernel code may call like ``tools`` (``nbagent[mcp]``): a
+            command (stdio), an ``http(s)://`` URL or an :class:`~nbagent.mcptools.McpServer`.
     """
 
     def __init__(
@@ -158,6 +161,7 @@ class Agent:
         gateway: str | Gateway | None = None,
         data: Sequence[str | os.PathLike[str] | DataFile] = (),
         kernel: str | None = None,
+        mcp: Sequence[str | McpServer] = (),
     ) -> None:
         if max_steps < 1:
             raise ConfigError(f"max_steps must be at least 1, got {max_steps}")
@@ -174,6 +178,8 @@ class Agent:
         if not tool_timeout > 0:
             raise ConfigError(f"tool_timeout must be positive, got {tool_timeout}")
         self.tools = check_tools(tools)
+        self.tool_timeout, self._system, self._instructions = tool_timeout, system, instructions
+        self._mcp = hub_for(mcp, taken=[t.name for t in self.tools])
         self.tool_host = ToolHost(self.tools, timeout=tool_timeout) if self.tools else None
         self.tool_names = frozenset(t.name for t in self.tools)
         self.action: Action = action
@@ -214,10 +220,7 @@ class Agent:
             options = self.kernel_options
             resource_limits.check_backend(options.get("backend") or options.get("gateway"))
             self.kernel_options["resource_limits"] = resource_limits
-        extra = "\n".join(x for x in (describe_tools(self.tools), instructions.strip()) if x)
-        self.messages: list[Message] = [
-            Message("system", system or system_prompt(extra, action=action))
-        ]
+        self.messages: list[Message] = [Message("system", self._system_text(self.tools))]
         self.usage = Usage()
         self.steps = 0
         self.turns = 0
@@ -229,6 +232,7 @@ class Agent:
         self._stop_reason: str | None = None
         self._pending = ""
         self._context = describe_data(files)
+        self._trace_parent: Any = None  # the caller's, caught before a blocking run
 
     # -- listeners and lifecycle -------------------------------------------------------------
 
@@ -256,19 +260,37 @@ class Agent:
         start = self._kernel_start
         if start is not None and start.done() and start.exception() is not None:
             start = None  # the last start failed: try again
-        if start is None:
-            options = {"cwd": self.workdir, "env_passthrough": self.env, **self.kernel_options}
-            gateway = options.pop("gateway", None)
-            if gateway is not None:  # a backend per session; named variables go along
-                forward = (*self.env, *(options.get("extra_env") or {}))
-                options["backend"] = gateway.backend(forward_env=forward)
-            prelude = PRELUDE + (self.tool_host.prelude() if self.tool_host else "")
-            self._kernel = KernelSession(startup_code=prelude, **options)
-            start = asyncio.ensure_future(self._kernel.astart())
+        if start is None:  # with MCP servers, the stubs need their tools: connect first
+            start = asyncio.ensure_future(self._start_session())
             # Retrieve a failure even if no step ever awaits it (a run answered without code).
             start.add_done_callback(lambda t: t.cancelled() or t.exception())
             self._kernel_start = start
         return start
+
+    async def _start_session(self) -> None:
+        await self._mcp_tools()
+        options = {"cwd": self.workdir, "env_passthrough": self.env, **self.kernel_options}
+        gateway = options.pop("gateway", None)
+        if gateway is not None:  # a backend per session; named variables go along
+            forward = (*self.env, *(options.get("extra_env") or {}))
+            options["backend"] = gateway.backend(forward_env=forward)
+        prelude = PRELUDE + (self.tool_host.prelude() if self.tool_host else "")
+        self._kernel = KernelSession(startup_code=prelude, **options)
+        await self._kernel.astart()
+
+    async def _mcp_tools(self) -> None:
+        """Wait for the MCP servers; their tools join the host tools, stubs and prompt."""
+        if self._mcp is None:
+            return
+        every = (*self.tools, *await self._mcp.started())
+        self.tool_host = ToolHost(every, timeout=self.tool_timeout) if every else None
+        self.tool_names = frozenset(t.name for t in every)
+        if self._system is None:
+            self.messages[0] = Message("system", self._system_text(every))
+
+    def _system_text(self, tools: Sequence[Tool]) -> str:
+        extra = "\n".join(x for x in (describe_tools(tools), self._instructions.strip()) if x)
+        return self._system or system_prompt(extra, action=self.action)
 
     async def astart(self) -> None:
         """Start the kernel now rather than with the first run (its start overlaps the model's
@@ -285,6 +307,8 @@ class Agent:
         if self._kernel_start is not None:
             with contextlib.suppress(BaseException):
                 await self._kernel_start
+        if self._mcp is not None:  # no code runs now: the servers can go first
+            await self._mcp.aclose()
         if self._kernel is not None:
             await self._kernel.ashutdown()
         await self.model.aclose()
@@ -431,6 +455,7 @@ class Agent:
 
     def run(self, task: str) -> RunResult:
         """Blocking :meth:`arun` (Ctrl-C stops the run cleanly and re-raises)."""
+        self._trace_parent = telemetry.capture_context()
         return _sync.run_sync(self.arun(task))
 
     def stream(self, task: str) -> Iterator[Event]:
@@ -438,6 +463,7 @@ class Agent:
         import queue as _queue
 
         box: _queue.Queue[tuple[str, Any]] = _queue.Queue()
+        self._trace_parent = telemetry.capture_context()
 
         async def pump() -> None:
             try:
@@ -492,6 +518,13 @@ class Agent:
         self.turns += 1
         first_step, usage_before = self.steps, self.usage
         run_id = uuid.uuid4().hex[:12]
+        setup_error: NbAgentError | None = None
+        try:  # MCP servers start before any model call: the prompt lists their tools
+            await self._mcp_tools()
+        except NbAgentError as exc:
+            setup_error = exc
+        untrace = telemetry.trace_run(self._listeners, self._trace_parent)
+        self._trace_parent = None
         prompt = self._add_task_message(task)
         self._context = ""
         specs = tuple(self.tool_host.specs()) if self.tool_host else ()
@@ -516,6 +549,8 @@ class Agent:
         )
         error: BaseException | None = None
         try:
+            if setup_error is not None:
+                raise setup_error
             await runner.run()
             raise AssertionError("the step loop ended without an outcome")  # pragma: no cover
         except Finish as finish:
@@ -542,6 +577,7 @@ class Agent:
                 error_type=type(error).__name__ if error is not None else None,
             )
         )
+        untrace()
         queue.put_nowait(None)
         if error is not None:
             raise error

@@ -18,10 +18,11 @@ only when every task was answered.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from nbagent import __version__
 from nbagent.errors import AuthenticationError, ConfigError, NbAgentError, TranscriptError
@@ -181,7 +182,76 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     _add_tool_options(p)
 
 
+class _McpHeader(argparse.Action):
+    """``--mcp-header NAME=VALUE``: a header for the ``--mcp`` URL given just before it."""
+
+    def __call__(self, parser: Any, namespace: Any, value: Any, option: Any = None) -> None:
+        from nbagent.mcptools import McpServer
+
+        servers = getattr(namespace, "mcp", None) or []
+        last = servers[-1] if servers else ""
+        url = last.url if isinstance(last, McpServer) else str(last)
+        name, sep, text = str(value).partition("=")
+        if not re.match(r"https?://", url):
+            parser.error("--mcp-header applies to the --mcp URL given before it")
+        if not sep or not name.strip():
+            parser.error(f"--mcp-header: expected NAME=VALUE, got {value!r}")
+        headers = dict(last.headers) if isinstance(last, McpServer) else {}
+        headers[name.strip()] = text
+        servers[-1] = McpServer(url=url, headers=headers)
+
+
+class _McpEnv(argparse.Action):
+    """``--mcp-env NAME[=VALUE]``: a variable for the ``--mcp`` command given just before it
+    (NAME alone passes the host's value although it looks secret)."""
+
+    def __call__(self, parser: Any, namespace: Any, value: Any, option: Any = None) -> None:
+        from nbagent.mcptools import McpServer
+
+        servers = getattr(namespace, "mcp", None) or []
+        last = servers[-1] if servers else ""
+        spec = last if isinstance(last, McpServer) else None
+        if spec is None and last and not re.match(r"https?://", str(last)):
+            spec = McpServer(str(last))
+        if spec is None or spec.url:
+            parser.error("--mcp-env applies to the --mcp command given before it")
+            return
+        name, sep, text = str(value).partition("=")
+        env, passed = dict(spec.env), list(spec.pass_env)
+        if sep:
+            env[name] = text
+        else:
+            passed.append(name)
+        servers[-1] = McpServer(spec.command, env=env, pass_env=tuple(passed))
+
+
+def _add_mcp_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--mcp",
+        action="append",
+        default=[],
+        metavar="SERVER",
+        help='an MCP server whose tools kernel code may call: a command ("python server.py", '
+        "started over stdio) or an http(s):// URL; repeatable (needs nbagent[mcp])",
+    )
+    p.add_argument(
+        "--mcp-header",
+        action=_McpHeader,
+        metavar="NAME=VALUE",
+        help="an HTTP header for the --mcp URL before it (${VAR} in VALUE is read from the "
+        "environment)",
+    )
+    p.add_argument(
+        "--mcp-env",
+        action=_McpEnv,
+        metavar="NAME[=VALUE]",
+        help="a variable for the --mcp command before it; NAME alone passes the host's value "
+        "(servers get the host environment minus secrets, like the kernel)",
+    )
+
+
 def _add_tool_options(p: argparse.ArgumentParser) -> None:
+    _add_mcp_options(p)
     p.add_argument(
         "--tools",
         action="append",
@@ -239,6 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     batch.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     _add_gateway_options(batch)
+    _add_mcp_options(batch)
     rep = sub.add_parser(
         "replay", help="re-execute a transcript in a fresh kernel and compare its outputs"
     )
@@ -296,6 +367,7 @@ def _add_eval_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
         help="official: the DABench rule (default); relaxed: also ignore case, whitespace, quotes",
     )
     p.add_argument("-q", "--quiet", action="store_true", help="only the summary line")
+    _add_mcp_options(p)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -385,6 +457,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             approve=approver,
             resource_limits=limits,
             tools=tools,
+            mcp=args.mcp,
             tool_timeout=args.tool_timeout,
             action=args.action,
             planning_interval=args.plan_every,
@@ -424,6 +497,7 @@ def _cmd_batch(args: argparse.Namespace) -> int:
             "token_budget": args.token_budget,
             "env": args.env,
             "kernel": args.kernel_name,
+            "mcp": args.mcp,
         },
         progress=None if args.quiet else sys.stderr,
     )

@@ -360,6 +360,7 @@ def run_command(args: argparse.Namespace) -> int:
         step_timeout=args.step_timeout,
         match=args.match,
         on_result=show,
+        mcp=args.mcp,
     )
     print(f"nbagent: results in {report.output}", file=sys.stderr)
     print(report.summary_line(), flush=True)

@@ -216,7 +216,8 @@ class ToolCalled(Event):
     """Kernel code called a host tool (emitted when the call ends, while the cell runs).
 
     ``result`` is the JSON value the kernel received; ``error`` is set instead when the call
-    failed or was refused.
+    failed or was refused. ``display`` holds MIME bundles the call showed in the cell (an MCP
+    tool's images), so a replay can show them again.
     """
 
     step: int
@@ -225,6 +226,7 @@ class ToolCalled(Event):
     result: Any = None
     error: str | None = None
     duration: float = 0.0
+    display: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)

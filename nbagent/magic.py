@@ -42,7 +42,7 @@ from IPython.core import magic as _ipy_magic
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
-from traitlets import Bool, Float, Int, Unicode
+from traitlets import Bool, Float, Int, List, Unicode
 
 from nbagent import _sync
 from nbagent._clicks import ClickRouter, click_router
@@ -255,12 +255,10 @@ def _options(func: Callable[..., Any]) -> Callable[..., Any]:
         argument("--bg", action="store_true", help="return at once; the run goes on"),
         argument("--approve", action="store_true", help="ask before each code cell runs"),
         argument("--stop", action="store_true", help="stop the running background run"),
-        argument(
-            "--tools", action="extend", nargs="+", metavar="NAME",
-            help="host tools the agent's code may call: @tool objects (or lists) by variable "
-            "name, or module:attr (new sessions only)",
-        ),
+        argument("--tools", action="extend", nargs="+", metavar="NAME", help="host tools the "
+                 "agent's code may call: @tool objects (or lists) by name, or module:attr"),
         argument("--action", choices=("code", "tools"), help="code blocks or run_python calls"),
+        argument("--mcp", action="append", metavar="SERVER", help="an MCP server: command or URL"),
         argument("--plan-every", dest="plan_every", type=int, help="plan every N steps"),
         argument("--vision", dest="vision", action="store_const", const=True, default=None),
         argument("--no-vision", dest="vision", action="store_const", const=False),
@@ -282,6 +280,7 @@ class NbAgentMagics(Magics):
     vision = Bool(None, allow_none=True, help="Send images to the model.").tag(config=True)
     widgets = Bool(True, help="Use the live panel when a kernel can show it.").tag(config=True)
     kernel_name = Unicode(None, allow_none=True, help="Kernelspec for its code.").tag(config=True)
+    mcp = List(Unicode(), help="MCP servers (commands or URLs) for new sessions.").tag(config=True)
 
     shell: Any  # the InteractiveShell (IPython types it as optional)
 
@@ -349,7 +348,8 @@ class NbAgentMagics(Magics):
         model, base_url = args.model or self.model, args.base_url or self.base_url
         if session is not None:
             for flag, given in (("--tools", args.tools), ("--action", args.action),
-                                ("--plan-every", args.plan_every)):  # fmt: skip
+                                ("--plan-every", args.plan_every),
+                                ("--mcp", args.mcp)):  # fmt: skip
                 if given:
                     raise UsageError(f"{flag} shapes a new session: add --new to use it")
             for flag, wanted, have in (
@@ -372,6 +372,7 @@ class NbAgentMagics(Magics):
                 action=args.action or "code",
                 planning_interval=args.plan_every,
                 kernel=self.kernel_name or None,
+                mcp=[*self.mcp, *(args.mcp or ())],
             )
         except NbAgentError as exc:
             raise UsageError(str(exc)) from None

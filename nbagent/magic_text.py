@@ -43,6 +43,7 @@ VALUED = frozenset(
         "--tools",
         "--action",
         "--plan-every",
+        "--mcp",
     }
 )
 _NAMES = frozenset({"-i", "--input", "-o", "--output", "--tools"})

@@ -12,7 +12,9 @@ prompt starting with :data:`~nbagent.toolstubs.MARKER` followed by ``{"id", "nam
   per-call timeout (sync tools run in a daemon thread, so a slow one never blocks the event
   loop; on timeout it is abandoned, async tools are cancelled);
 * checks that the result is JSON (and not larger than ``max_chars``) and replies
-  ``{"id", "ok": true, "result"}`` or ``{"id", "ok": false, "error"}``;
+  ``{"id", "ok": true, "result"}`` or ``{"id", "ok": false, "error"}``; a tool that returns a
+  :class:`~nbagent.tools.ToolOutput` adds ``"display"``: MIME bundles the stub shows as outputs
+  of the calling cell (an MCP tool's images);
 * emits one ``ToolCalled`` event per call, with the result exactly as the kernel received it.
 
 The tool's code and whatever it closes over stay in this process: the kernel only ever sees the
@@ -32,7 +34,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from nbagent.events import Event, ToolCalled
-from nbagent.tools import Tool
+from nbagent.tools import Tool, ToolOutput
 from nbagent.toolstubs import EOF_REPLY, MARKER, tools_prelude
 
 __all__ = ["ToolHost"]
@@ -96,15 +98,16 @@ class ToolHost:
 
         try:
             call_id, name, arguments = self._parse(payload)
-            result_text = await self._run(name, arguments)
+            result_text, display = await self._run(name, arguments)
         except _Refused as exc:
             error = str(exc)
         except asyncio.CancelledError:
             report(error="cancelled: the cell was interrupted")
             raise
         else:
-            report(result=json.loads(result_text))
-            return f'{{"id": {json.dumps(call_id)}, "ok": true, "result": {result_text}}}'
+            report(result=json.loads(result_text), display=display)
+            shown = f', "display": {json.dumps(list(display))}' if display else ""
+            return f'{{"id": {json.dumps(call_id)}, "ok": true, "result": {result_text}{shown}}}'
         report(error=error)
         return json.dumps({"id": call_id, "ok": False, "error": error})
 
@@ -127,8 +130,11 @@ class ToolHost:
             raise _Refused(f"the arguments of {name}() are not a JSON object")
         return call_id, name, args
 
-    async def _run(self, name: str, arguments: Mapping[str, Any]) -> str:
-        """Run the tool; return its result as JSON text, or raise :class:`_Refused`."""
+    async def _run(
+        self, name: str, arguments: Mapping[str, Any]
+    ) -> tuple[str, tuple[dict[str, Any], ...]]:
+        """Run the tool; return its result as JSON text and what it displays, or raise
+        :class:`_Refused`."""
         tool = self.tools.get(name)
         if tool is None:
             declared = ", ".join(sorted(self.tools)) or "none"
@@ -151,7 +157,10 @@ class ToolHost:
         try:
             result = task.result()
         except Exception as exc:
-            raise _Refused(f"{type(exc).__name__}: {exc}") from None
+            raise _Refused(_failure(exc)) from None
+        display: tuple[dict[str, Any], ...] = ()
+        if isinstance(result, ToolOutput):
+            result, display = result.value, result.display
         try:
             text = json.dumps(result, allow_nan=False)
         except (TypeError, ValueError) as exc:
@@ -164,7 +173,15 @@ class ToolHost:
                 f"its result is too large ({len(text):,} characters of JSON; "
                 f"the limit is {self.max_chars:,})"
             )
-        return text
+        return text, display
+
+
+def _failure(exc: Exception) -> str:
+    """The message the kernel gets for a tool's exception (an MCP server's error is its own
+    text, without our wrapper's class name)."""
+    if getattr(exc, "plain_message", False):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
 
 
 async def _invoke(tool: Tool, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

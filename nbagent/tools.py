@@ -23,6 +23,7 @@ import sys
 import types
 import typing
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, overload
 
@@ -32,7 +33,15 @@ from nbagent.text import shorten
 if typing.TYPE_CHECKING:
     from nbagent.llm.base import ToolSpec
 
-__all__ = ["RESERVED_NAMES", "Tool", "check_tools", "describe_tools", "load_tools", "tool"]
+__all__ = [
+    "RESERVED_NAMES",
+    "Tool",
+    "ToolOutput",
+    "check_tools",
+    "describe_tools",
+    "load_tools",
+    "tool",
+]
 
 #: Names the kernel already uses: a tool may not take them.
 RESERVED_NAMES = frozenset({"final_answer", "ToolCallError", "run_python", "_printed"})
@@ -42,6 +51,16 @@ F = TypeVar("F", bound=Callable[..., Any])
 _JSON_SCALARS: dict[Any, str] = {str: "string", bool: "boolean", int: "integer", float: "number"}
 _SEQUENCES = (list, tuple, collections.abc.Sequence, collections.abc.Iterable)
 _MAPPINGS = (dict, collections.abc.Mapping)
+
+
+@dataclass(frozen=True)
+class ToolOutput:
+    """What a tool may return instead of a bare value: the value kernel code gets, plus
+    outputs to show in the calling cell (MIME bundles, e.g. ``{"image/png": base64}``), as an
+    MCP tool's images are shown."""
+
+    value: Any
+    display: tuple[dict[str, Any], ...] = ()
 
 
 class Tool:

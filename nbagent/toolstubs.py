@@ -36,6 +36,15 @@ class ToolCallError(Exception):
     """A host tool failed, or could not be reached; the message says why."""
 
 
+def _nbagent_show(bundles):
+    # Outputs a tool call shows in the calling cell (an MCP tool's images).
+    if bundles:
+        from IPython.display import display
+
+        for bundle in bundles:
+            display(bundle, raw=True)
+
+
 def _nbagent_tool_stubs(specs, call):
     import inspect
 
@@ -115,6 +124,7 @@ def _nbagent_tools_install(specs):
         if not isinstance(data, dict) or data.get("id") != call_id:
             raise error("%s() failed: unreadable reply from the host" % name)
         if data.get("ok"):
+            _nbagent_show(data.get("display"))
             return data.get("result")
         raise error("%s() failed: %s" % (name, data.get("error")))
 
@@ -152,6 +162,7 @@ def _nbagent_tools_replay(specs, recorded):
                 "than the recorded run did)" % name
             )
         entry = queue.pop(0)
+        _nbagent_show(entry.get("display"))
         if "error" in entry:
             raise ToolCallError("%s() failed: %s" % (name, entry["error"]))
         return entry.get("result")

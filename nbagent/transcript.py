@@ -132,7 +132,7 @@ class Transcript:
             ):
                 for call in info.get("tool_calls") or []:
                     if isinstance(call, dict) and call.get("name") in self._tool_specs:
-                        outcome = {k: call[k] for k in ("result", "error") if k in call}
+                        outcome = {k: call[k] for k in ("result", "error", "display") if k in call}
                         self._replay.setdefault(call["name"], []).append(outcome)
 
     def tool_replay_source(self) -> str:
@@ -273,9 +273,11 @@ class Transcript:
             return
         for call in calls:
             if call.name in self._tool_specs:
-                outcome = (
+                outcome: dict[str, Any] = (
                     {"error": call.error} if call.error is not None else {"result": call.result}
                 )
+                if call.display:
+                    outcome["display"] = list(call.display)
                 self._replay.setdefault(call.name, []).append(outcome)
         self._refresh_setup()
 
@@ -428,6 +430,8 @@ def _call_record(call: ToolCalled) -> dict[str, Any]:
         record["error"] = call.error
     else:
         record["result"] = call.result
+    if call.display:  # shown again when the notebook re-executes without the server
+        record["display"] = list(call.display)
     record["duration"] = round(call.duration, 3)
     return record
 
