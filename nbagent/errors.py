@@ -34,6 +34,7 @@ __all__ = [
     "KernelDiedError",
     "KernelError",
     "KernelStartupError",
+    "ListenerWarning",
     "ModelConnectionError",
     "ModelError",
     "ModelHTTPError",
@@ -118,3 +119,9 @@ class RunLimitError(NbAgentError):
     def __init__(self, message: str, *, reason: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class ListenerWarning(RuntimeWarning):
+    """An event listener failed on a run's final event (e.g. the transcript could not be
+    saved). The run's result stands; the failure is reported after it, as this warning and as
+    a ``Notice`` just before the final event."""

@@ -169,6 +169,11 @@ class KernelSession:
         return self._backend.pid
 
     @property
+    def closed(self) -> bool:
+        """True once the session was shut down (or killed)."""
+        return self._closed
+
+    @property
     def cwd(self) -> str:
         return self._cwd
 
@@ -276,6 +281,16 @@ class KernelSession:
         finally:
             if self.resource_limits.processes is not None:
                 sweep_cgroups()
+
+    def kill(self) -> None:
+        """Stop the kernel at once without an event loop (signals for a local kernel, a DELETE
+        for a gateway's), for finalisers and exit paths; the session is closed afterwards."""
+        if self._closed:
+            return
+        self._closed = True
+        backend: Any = self._backend
+        if hasattr(backend, "begin_reap") and hasattr(backend, "finish_reap"):
+            _reaper.reap_one(backend)
 
     start = sync_method(astart)
     restart = sync_method(arestart)
