@@ -53,9 +53,10 @@ from nbagent.events import (
 )
 from nbagent.observe import SUMMARY_MIME
 from nbagent.prelude import SETUP_CELL, inputs_cell
+from nbagent.text import safe_text
 from nbagent.toolstubs import replay_setup
 
-__all__ = ["Transcript", "atomic_write_notebook", "read_transcript"]
+__all__ = ["Transcript", "atomic_write_notebook", "check_output_path", "read_transcript"]
 
 #: MIME types only the agent's own kernel produces; dropped so re-runs compare equal.
 PRIVATE_MIME = frozenset({SUMMARY_MIME})
@@ -344,13 +345,18 @@ class Transcript:
 def atomic_write_notebook(nb: nbformat.NotebookNode, path: str | os.PathLike[str]) -> None:
     """Write ``nb`` to ``path`` so that readers see the old file or the whole new one."""
     target = Path(path)
-    text = nbformat.writes(nb)
+    try:
+        data = nbformat.writes(nb).encode("utf-8")
+    except UnicodeEncodeError:  # a surrogate some text edge let through: never a traceback
+        data = safe_text(nbformat.writes(nb)).encode("utf-8")
+    except Exception as exc:  # nbformat/json refusing a value
+        raise TranscriptError(f"could not save transcript to {target}: {exc}") from None
     parent = target.parent if str(target.parent) else Path(".")
     tmp: str | None = None
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, target)
@@ -368,6 +374,42 @@ def atomic_write_notebook(nb: nbformat.NotebookNode, path: str | os.PathLike[str
         if tmp is not None:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
+
+
+def check_output_path(path: str | os.PathLike[str], *, option: str = "-o") -> Path:
+    """Check, before a run spends anything, that a transcript can be written to ``path``: not
+    a directory, its folder exists and takes a new file, and whatever is there already is a
+    notebook (anything else is never replaced). Raises :class:`TranscriptError`."""
+    target = Path(path)
+    where = f"{option} {target}"
+    if target.is_dir():
+        raise TranscriptError(f"{where}: is a directory; give a file, e.g. {target / 'run.ipynb'}")
+    parent = target.parent if str(target.parent) else Path(".")
+    if not parent.is_dir():
+        raise TranscriptError(f"{where}: folder {parent} does not exist")
+    if target.exists() and not _looks_like_notebook(target):
+        raise TranscriptError(
+            f"{where}: exists and is not a notebook; not replacing it (remove it or choose "
+            "another name)"
+        )
+    try:  # the real test: os.access() says yes to root on a read-only mount, for one
+        fd, probe = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".probe", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise TranscriptError(f"{where}: cannot write in {parent}: {exc.strerror or exc}") from None
+    return target
+
+
+def _looks_like_notebook(path: Path) -> bool:
+    """An empty file or a JSON object that starts like a notebook (nbformat writes "cells"
+    first); read no more than the head, however large the file."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096).lstrip()
+    except OSError:
+        return False
+    return not head or (head.startswith(b"{") and (b'"cells"' in head or b'"nbformat"' in head))
 
 
 def read_transcript(

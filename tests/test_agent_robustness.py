@@ -39,9 +39,9 @@ def test_a_listener_failing_on_the_final_event_does_not_replace_the_answer(
             raise OSError("disk on fire")
 
     scripted_openai.add(py("final_answer(6 * 7)"))
-    with agent_for(scripted_openai, tmp_path, on_event=broken) as agent:
-        with pytest.warns(ListenerWarning, match="disk on fire"):
-            result = agent.run("t")
+    agent = agent_for(scripted_openai, tmp_path, on_event=broken)
+    with agent, pytest.warns(ListenerWarning, match="disk on fire"):
+        result = agent.run("t")
     assert result.ok and result.answer == "42"
     assert isinstance(result.events[-1], RunFinished)
     notices = [e for e in result.events if isinstance(e, Notice)]

@@ -313,9 +313,7 @@ class HTTPChatModel:
                     yield _safe_completion(parser.result())
                 else:
                     raw = await resp.aread()
-                    completion = _safe_completion(
-                        self._parse_whole(self._decode_json(raw, ctype))
-                    )
+                    completion = _safe_completion(self._parse_whole(self._decode_json(raw, ctype)))
                     if completion.text:
                         yield completion.text
                     yield completion
