@@ -11,7 +11,9 @@ What it owns and why:
 * **The process**, started with ``start_new_session=True`` so that it leads its own process
   group: SIGINT (interrupt) and SIGTERM/SIGKILL (shutdown) reach the code's children too, and a
   Ctrl-C in the user's terminal does not reach the kernel. ``JPY_PARENT_PID`` makes ipykernel
-  poll for its parent and exit when the host is gone, even after a SIGKILL.
+  poll for its parent and exit when the host is gone, even after a SIGKILL; the launcher's host
+  watcher (:mod:`nbagent.kernel._limits`) then kills the rest of the group (the code's
+  children) and the kernel's cgroup, if limits made one.
 * **Its stdout/stderr** go to the log file, never to the user's terminal.
 
 Messages are encoded and checked here (HMAC, JSON) rather than by ``Session.deserialize``:
@@ -49,6 +51,7 @@ from nbagent.errors import ConfigError, KernelStartupError
 from nbagent.kernel import _reaper
 from nbagent.kernel._limits import pid_alive
 from nbagent.kernel.base import Channel, KernelMessage, drain
+from nbagent.kernel.limits import with_host_watcher
 
 __all__ = ["DEFAULT_KERNEL_CMD", "LocalBackend"]
 
@@ -228,6 +231,11 @@ class LocalBackend:
         )
         info = json.loads(conn_file.read_text())
         cmd = [part.replace("{connection_file}", str(conn_file)) for part in self._cmd]
+        if shutil.which(cmd[0]) is None:  # say so here, not from behind the launcher
+            raise KernelStartupError(
+                f"cannot run kernel command {cmd[0]!r}: not found or not executable"
+            )
+        cmd = list(with_host_watcher(cmd, os.getpid()))  # its children die with the host too
         env = dict(self._env)
         env["JPY_PARENT_PID"] = str(os.getpid())
         log_file = self._log_file()
