@@ -40,9 +40,7 @@ reap, e.g. ``docker run`` without ``--init``, keeps one zombie entry per kernel)
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import ctypes
 import os
 import resource
 import select
@@ -194,6 +192,8 @@ def _limit_processes(n: int) -> str:
 def _drop_cap_sys_resource() -> None:
     """As root, keep the kernel from raising its own hard limits (best effort)."""
     with contextlib.suppress(OSError, AttributeError):
+        import ctypes  # only here: the launcher's start-up time is every kernel's
+
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_CAPBSET_DROP, _CAP_SYS_RESOURCE, 0, 0, 0)
 
@@ -252,6 +252,22 @@ def _start_watcher(host_pid: int) -> None:
         os.close(pidfd)
 
 
+_OPTIONS = ("data", "as", "cpu", "nproc", "nofile", "fsize", "watch")
+
+
+def _options(args: list[str]) -> dict[str, int | None]:
+    """``--name N`` pairs (no argparse: it imports ``re``, tens of ms per kernel start)."""
+    opts: dict[str, int | None] = dict.fromkeys(_OPTIONS)
+    if len(args) % 2:
+        _fail(f"expected --name N pairs before --, got {' '.join(args)}")
+    for flag, value in zip(args[::2], args[1::2], strict=True):
+        name = flag[2:] if flag.startswith("--") else ""
+        if name not in opts or not value.lstrip("-").isdigit():
+            _fail(f"bad option {flag} {value} (known: --{', --'.join(_OPTIONS)}, whole numbers)")
+        opts[name] = int(value)
+    return opts
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if "--" not in argv:
@@ -260,10 +276,7 @@ def main(argv: list[str] | None = None) -> None:
             "[--fsize N] -- KERNEL COMMAND ..."
         )
     cut = argv.index("--")
-    parser = argparse.ArgumentParser(prog="nbagent-limits")
-    for name in ("data", "as", "cpu", "nproc", "nofile", "fsize", "watch"):
-        parser.add_argument(f"--{name}", type=int, default=None)
-    opts = vars(parser.parse_args(argv[:cut]))
+    opts = _options(argv[:cut])
     command = argv[cut + 1 :]
     if not command:
         _fail("no kernel command after --")
