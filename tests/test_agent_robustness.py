@@ -139,3 +139,28 @@ def test_a_follow_up_after_the_kernel_died_says_the_state_was_lost(
     follow_up = scripted_openai.chat_requests[2].messages[-1]["content"]
     assert "kernel died since the last run" in follow_up and "SIGKILL" in follow_up
     assert "earlier variables still defined" not in follow_up
+
+
+def test_kernel_text_with_surrogates_reaches_the_model_and_the_notebook_as_utf8(
+    scripted_openai: ScriptedServer, tmp_path: Path
+) -> None:
+    code = "import sys\nprint('lone \\ud800 pair \\ud83d\\ude00')\nsys.stderr.write('\\udcff\\n')"
+    scripted_openai.add(py(code), "seen")
+    transcript = Transcript(tmp_path / "run.ipynb")
+    with agent_for(scripted_openai, tmp_path) as agent:
+        agent.add_listener(transcript)
+        result = agent.run("t")
+    assert result.ok
+    observation = scripted_openai.chat_requests[1].messages[-1]["content"]
+    assert "lone \ufffd pair" in observation
+    nbformat.read(tmp_path / "run.ipynb", as_version=4)
+
+
+def test_surrogate_escapes_in_kernel_messages_are_made_safe() -> None:
+    from nbagent.kernel._gateway_wire import decode_frame
+    from nbagent.kernel.local import _loads
+
+    assert _loads(b'{"t": "a \\ud800 b \\ud83d\\ude00"}') == {"t": "a \ufffd b 😀"}
+    frame = '{"header": {"msg_type": "stream"}, "content": {"text": "\\udcff"}}'
+    msg = decode_frame(frame)
+    assert msg is not None and msg["content"]["text"] == "\ufffd"

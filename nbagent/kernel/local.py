@@ -52,6 +52,7 @@ from nbagent.kernel import _reaper
 from nbagent.kernel._limits import pid_alive
 from nbagent.kernel.base import Channel, KernelMessage, drain
 from nbagent.kernel.limits import with_host_watcher
+from nbagent.text import has_surrogate_escape, safe_obj
 
 __all__ = ["DEFAULT_KERNEL_CMD", "LocalBackend"]
 
@@ -133,9 +134,12 @@ def _tail(path: Path | None, lines: int = 12, max_bytes: int = 8192) -> str:
 
 def _loads(data: bytes) -> Any:
     try:
-        return json.loads(data)
+        obj = json.loads(data)
     except UnicodeDecodeError:
-        return json.loads(data.decode("utf-8", "replace"))
+        obj = json.loads(data.decode("utf-8", "replace"))
+    # "\ud800" escapes (another kernel, a helper that could not scrub) would reach httpx,
+    # the panel and nbformat as lone surrogates: join or replace them here.
+    return safe_obj(obj) if has_surrogate_escape(data) else obj
 
 
 class LocalBackend:
