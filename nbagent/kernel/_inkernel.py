@@ -4,7 +4,7 @@ user's namespace). It is never imported by nbagent itself, and it imports nothin
 because a kernel on a gateway will not have nbagent installed. Keep it Python 3.8-compatible
 and standard-library-only (numpy, pandas and pyarrow are used only when the kernel has them).
 
-It does two jobs:
+It does three jobs:
 
 * **Bounding stream output at the source.** ``sys.stdout``/``sys.stderr`` writes pass through
   until a per-cell head budget is spent; after that only a rolling tail is kept (in the kernel)
@@ -12,6 +12,10 @@ It does two jobs:
   its traceback. A cell that prints 1 GB sends about ``head + tail`` characters to the host.
   The count is published as a ``display_data`` of type ``application/vnd.nbagent.dropped+json``,
   which the host removes from the outputs.
+* **Bounded tracebacks for deep recursion.** After ``sys.setrecursionlimit(10**6)`` a runaway
+  recursion raises RecursionError with a million frames, and IPython's traceback formatter
+  (source context per frame) then runs for minutes: the step times out with no output. A
+  custom handler for RecursionError shows the first and last frames and the count between.
 * **Safe variable transfer.** ``_pull(names, formats)`` encodes values as JSON text, ``.npy``
   bytes (``allow_pickle=False``) or Parquet / JSON-table DataFrames, and returns them through
   ``user_expressions`` as a ``application/vnd.nbagent.transfer+json`` bundle. Anything else is
@@ -21,6 +25,7 @@ It does two jobs:
 from __future__ import annotations
 
 import base64
+import contextlib
 import importlib.util
 import io
 import json
@@ -31,6 +36,8 @@ from collections import deque
 DROPPED_MIME = "application/vnd.nbagent.dropped+json"
 TRANSFER_MIME = "application/vnd.nbagent.transfer+json"
 _MAX_DEPTH = 100
+#: Frames shown at each end of a RecursionError's traceback.
+_TB_EDGE = 8
 
 
 class _Limiter:
@@ -169,6 +176,32 @@ def _guard_session(session):
     session.pack = safe_pack
 
 
+def _bounded_traceback(shell, etype, value, tb, tb_offset=None):
+    """A RecursionError's traceback with its first and last frames only (walking a million
+    frames is fast; formatting each one, as IPython would, is not)."""
+    import traceback
+
+    if tb is not None and tb_offset is None:
+        tb = tb.tb_next  # IPython's own exec frame, hidden as IPython hides it
+    head, tail, count = [], deque(maxlen=_TB_EDGE), 0
+    while tb is not None:
+        (head if count < _TB_EDGE else tail).append((tb.tb_frame, tb.tb_lineno))
+        count += 1
+        tb = tb.tb_next
+    lines = ["Traceback (most recent call last):\n"]
+    lines += traceback.StackSummary.extract(iter(head)).format()
+    if count > len(head) + len(tail):
+        lines.append(f"  [... {count - len(head) - len(tail):,} more frames ...]\n")
+    lines += traceback.StackSummary.extract(iter(tail)).format()
+    lines += traceback.format_exception_only(etype, value)
+    stb = ["".join(lines)]
+    # IPython 9 formats the exception once more for its history: make that cheap too.
+    with contextlib.suppress(AttributeError):
+        value._render_traceback_ = lambda: stb
+    shell._showtraceback(etype, value, stb)  # run_code ignores what a CustomTB returns
+    return stb
+
+
 def _ask_exit():
     raise SystemExit("exit() is disabled here: nbagent keeps this kernel running")
 
@@ -186,6 +219,8 @@ def _install(config):
         _guard_session(kernel.session)
     # exit()/quit() would stop the kernel after the reply; make them a SystemExit instead.
     ip.ask_exit = _ask_exit
+    if not getattr(ip, "custom_exceptions", ()):  # the user's own handler wins
+        ip.set_custom_exc((RecursionError,), _bounded_traceback)
     if head <= 0:
         return
     for name in ("stdout", "stderr"):
