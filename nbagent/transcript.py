@@ -51,7 +51,7 @@ from nbagent.events import (
     RunStarted,
     ToolCalled,
 )
-from nbagent.observe import SUMMARY_MIME
+from nbagent.observe import ANSWER_MIME, SUMMARY_MIME
 from nbagent.prelude import SETUP_CELL, inputs_cell
 from nbagent.text import safe_text
 from nbagent.toolstubs import replay_setup
@@ -60,6 +60,11 @@ __all__ = ["Transcript", "atomic_write_notebook", "check_output_path", "read_tra
 
 #: MIME types only the agent's own kernel produces; dropped so re-runs compare equal.
 PRIVATE_MIME = frozenset({SUMMARY_MIME})
+#: Characters of a reply or an answer shown in a markdown cell; the whole text is kept once,
+#: in metadata (``reply``, ``answer``), so a 10 MB answer is not stored four times.
+DISPLAY_LIMIT = 100_000
+#: Characters of each run's answer kept in ``metadata.nbagent.runs``.
+RUN_ANSWER_PREVIEW = 1_000
 SKIP_TAGS = ("skip-execution", "nbval-skip")
 
 
@@ -208,7 +213,8 @@ class Transcript:
         if text.strip():
             self.nb.cells.append(
                 nbformat.v4.new_markdown_cell(
-                    text.strip(), metadata={"nbagent": {"role": "reasoning", "step": step}}
+                    _bounded(text.strip(), DISPLAY_LIMIT, "the step's metadata `reply`"),
+                    metadata={"nbagent": {"role": "reasoning", "step": step}},
                 )
             )
 
@@ -295,9 +301,8 @@ class Transcript:
                 "ended": _iso(event.time),
             }
         )
-        meta["runs"][-1].update(
-            {"status": event.status, "answer": event.answer, "steps": event.steps}
-        )
+        preview = None if event.answer is None else _bounded(event.answer, RUN_ANSWER_PREVIEW, "")
+        meta["runs"][-1].update({"status": event.status, "answer": preview, "steps": event.steps})
         # A reply without code that ended the run is the answer: keep its text as reasoning.
         answer_meta: dict[str, Any] = {"role": "answer", "status": event.status}
         leftover = [s for s in self._replies if s not in self._code_cells]
@@ -307,7 +312,8 @@ class Transcript:
             else:
                 self._reply_only(step, "")
         if event.status == "answered":
-            body = f"## Answer\n\n{event.answer}"
+            shown = _bounded(str(event.answer), DISPLAY_LIMIT, "`metadata.nbagent.answer`")
+            body = f"## Answer\n\n{shown}"
         else:
             body = f"## Run ended: {event.status}\n\n{_quote(event.reason)}"
         self.nb.cells.append(nbformat.v4.new_markdown_cell(body, metadata={"nbagent": answer_meta}))
@@ -444,6 +450,11 @@ def _clean_output(output: dict[str, Any]) -> dict[str, Any]:
         for mime in PRIVATE_MIME & data.keys():
             del data[mime]
             out.get("metadata", {}).pop(mime, None)
+        answer = data.get(ANSWER_MIME)
+        if isinstance(answer, dict) and len(str(answer.get("answer", ""))) > DISPLAY_LIMIT:
+            # a third full copy otherwise (metadata.nbagent.answer and the answer cell)
+            where = "`metadata.nbagent.answer`"
+            data[ANSWER_MIME] = {"answer": _bounded(str(answer["answer"]), DISPLAY_LIMIT, where)}
     return nbformat.from_dict(out)
 
 
@@ -455,6 +466,14 @@ def _call_record(call: ToolCalled) -> dict[str, Any]:
         record["result"] = call.result
     record["duration"] = round(call.duration, 3)
     return record
+
+
+def _bounded(text: str, limit: int, where: str) -> str:
+    """``text`` cut to ``limit`` characters, saying how much there was and where it all is."""
+    if len(text) <= limit:
+        return text
+    rest = f"; all of it is in {where}" if where else ""
+    return f"{text[:limit]}\n\n*[… {len(text):,} characters in all{rest}]*"
 
 
 def _quote(text: str) -> str:

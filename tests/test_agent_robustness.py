@@ -164,3 +164,27 @@ def test_surrogate_escapes_in_kernel_messages_are_made_safe() -> None:
     frame = '{"header": {"msg_type": "stream"}, "content": {"text": "\\udcff"}}'
     msg = decode_frame(frame)
     assert msg is not None and msg["content"]["text"] == "\ufffd"
+
+
+def test_long_replies_and_answers_are_stored_once_in_full(
+    scripted_openai: ScriptedServer, tmp_path: Path
+) -> None:
+    reply = "R" * 300_000
+    scripted_openai.add(
+        Reply(text=py("x = 'A' * 3_000_000", reply), chunk_size=50_000),
+        py("final_answer(x)"),
+    )
+    transcript = Transcript(tmp_path / "run.ipynb")
+    with agent_for(scripted_openai, tmp_path) as agent:
+        agent.add_listener(transcript)
+        result = agent.run("t")
+    assert result.answer == "A" * 3_000_000
+    raw = (tmp_path / "run.ipynb").read_text()
+    nb = nbformat.reads(raw, as_version=4)
+    meta = nb.metadata["nbagent"]
+    assert meta["answer"] == result.answer  # the whole answer, once
+    assert len(meta["runs"][-1]["answer"]) < 2_000
+    step = next(c for c in nb.cells if c.metadata["nbagent"].get("role") == "step")
+    assert reply in step.metadata["nbagent"]["reply"]  # the whole reply, once (resume needs it)
+    assert raw.count("R" * 100_000) == 3 + 1  # 300k in metadata (3 blocks) + 100k on display
+    assert len(raw) < 3_000_000 + 1_500_000 + 600_000  # answer + bounded output + reply
