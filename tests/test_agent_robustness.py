@@ -188,3 +188,24 @@ def test_long_replies_and_answers_are_stored_once_in_full(
     assert reply in step.metadata["nbagent"]["reply"]  # the whole reply, once (resume needs it)
     assert raw.count("R" * 100_000) == 3 + 1  # 300k in metadata (3 blocks) + 100k on display
     assert len(raw) < 3_000_000 + 1_500_000 + 600_000  # answer + bounded output + reply
+
+
+def test_a_thread_of_an_earlier_step_neither_speaks_for_nor_ends_a_later_step(
+    scripted_openai: ScriptedServer, tmp_path: Path
+) -> None:
+    scripted_openai.add(
+        py(
+            "import threading, time\n"
+            "def late():\n    time.sleep(0.5)\n    print('late line')\n"
+            "threading.Thread(target=late).start()\n"
+            "threading.Timer(0.7, lambda: final_answer('from a timer')).start()"
+        ),
+        py("time.sleep(1.5)\nprint('step two')"),
+        py("final_answer('the real answer')"),
+    )
+    with agent_for(scripted_openai, tmp_path) as agent:
+        result = agent.run("t")
+    assert result.answer == "the real answer" and result.steps == 3
+    second = scripted_openai.chat_requests[2].messages[-1]["content"]
+    assert "[thread of an earlier cell] late line" in second
+    assert "ignored, not this step's code" in second and "step two" in second
