@@ -151,7 +151,7 @@ _limiters: list = []
 
 
 #: Threads (other than the main one) alive when the current cell started.
-_earlier_threads = frozenset()
+_earlier_threads: frozenset = frozenset()
 
 
 def _from_earlier_cell():

@@ -80,9 +80,13 @@ def reap_all() -> None:
             obj.finish_reap(max(0.0, deadline - time.monotonic()))
 
 
-def reap_one(obj: Reapable, wait: float = REAP_WAIT) -> None:
-    """Stop one kernel now, without an event loop (a finaliser's way); never raises."""
-    unregister(obj)
+def reap_one(obj: object, wait: float = REAP_WAIT) -> None:
+    """Stop one kernel now, without an event loop (a finaliser's way), if ``obj`` is
+    :class:`Reapable`; never raises."""
+    if not (hasattr(obj, "begin_reap") and hasattr(obj, "finish_reap")):
+        return
+    with _lock:
+        _live.pop(id(obj), None)
     with contextlib.suppress(Exception):
         obj.begin_reap()
     with contextlib.suppress(Exception):

@@ -283,14 +283,11 @@ class KernelSession:
                 sweep_cgroups()
 
     def kill(self) -> None:
-        """Stop the kernel at once without an event loop (signals for a local kernel, a DELETE
-        for a gateway's), for finalisers and exit paths; the session is closed afterwards."""
-        if self._closed:
-            return
-        self._closed = True
-        backend: Any = self._backend
-        if hasattr(backend, "begin_reap") and hasattr(backend, "finish_reap"):
-            _reaper.reap_one(backend)
+        """Stop the kernel now without an event loop (signals, or a gateway's DELETE), for
+        finalisers and exit paths; the session is closed afterwards."""
+        if not self._closed:
+            self._closed = True
+            _reaper.reap_one(self._backend)
 
     start = sync_method(astart)
     restart = sync_method(arestart)
