@@ -5,6 +5,7 @@ nothing left running. Real subprocesses, real signals, the scripted server on lo
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -133,6 +134,42 @@ def test_a_stop_signal_ends_the_run_like_ctrl_c(
         meta = nb.metadata["nbagent"]
         assert meta["status"] == "stopped", meta
         assert nb.cells[-1].metadata["nbagent"]["role"] == "answer"
+        assert wait_until(lambda: pid_gone(kernel), 10), "the kernel survived"
+        assert wait_until(lambda: pid_gone(child), 10), "the kernel's child survived"
+    finally:
+        proc.kill()
+        for pid in (kernel, child):
+            if pid and not pid_gone(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_sigterm_ends_a_batch_with_its_transcripts_and_no_process_left(
+    scripted_openai: ScriptedServer, tmp_path: Path
+) -> None:
+    pids = tmp_path / "pids.txt"
+    scripted_openai.add(py(LONG_STEP.format(pids=str(pids)), "Working."))
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text(json.dumps({"id": "a", "task": "t"}) + "\n")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nbagent", "batch", str(tasks), "-o", "out"],
+        cwd=tmp_path,
+        env=cli_env(scripted_openai),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    kernel = child = None
+    try:
+        assert wait_until(lambda: pids.exists() and pids.read_text().strip(), 60), "no step ran"
+        kernel, child = (int(x) for x in pids.read_text().split())
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 143, err
+        assert "interrupted by SIGTERM" in err and "Traceback" not in err
+        notebooks = list((tmp_path / "out").rglob("*.ipynb"))
+        assert notebooks, "no transcript"
+        assert nbformat.read(notebooks[0], as_version=4).metadata["nbagent"]["status"] == "stopped"
         assert wait_until(lambda: pid_gone(kernel), 10), "the kernel survived"
         assert wait_until(lambda: pid_gone(child), 10), "the kernel's child survived"
     finally:
