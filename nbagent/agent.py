@@ -215,6 +215,7 @@ class Agent:
         # What the finaliser releases if the Agent is collected unclosed (see _release).
         self._owned = Owned(self.model)
         self._finalizer = weakref.finalize(self, release_unclosed, self._owned)
+        self._finalizer.atexit = False  # at exit the reaper ends every kernel, silently
         _reaper.install_sigterm_handler()  # works from the main thread only; see its docstring
 
     # -- listeners and lifecycle -------------------------------------------------------------
