@@ -112,3 +112,18 @@ def test_protect_host_in_a_child_process() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["True", "True", "False"]
     assert is_dumpable() and callable(protect_host)  # this test process is left as it was
+
+
+def test_a_read_only_output_folder_is_refused_before_the_first_model_call(
+    scripted_openai: ScriptedServer, shared_dir: Path
+) -> None:
+    # A folder the (unprivileged) user cannot write to; root would write anyway.
+    read_only = shared_dir / "ro"
+    read_only.mkdir(mode=0o755)
+    scripted_openai.add("never asked")
+    proc = as_nobody(
+        scripted_openai, shared_dir, "run", "--workdir", ".", "-o", "ro/run.ipynb", "t"
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == "nbagent: -o ro/run.ipynb: cannot write in ro: Permission denied"
+    assert scripted_openai.chat_requests == []
