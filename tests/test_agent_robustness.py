@@ -209,3 +209,11 @@ def test_a_thread_of_an_earlier_step_neither_speaks_for_nor_ends_a_later_step(
     second = scripted_openai.chat_requests[2].messages[-1]["content"]
     assert "[thread of an earlier cell] late line" in second
     assert "ignored, not this step's code" in second and "step two" in second
+
+
+def test_transcript_save_never_raises_a_unicode_error(tmp_path: Path) -> None:
+    transcript = Transcript()
+    transcript.nb.cells.append(nbformat.v4.new_markdown_cell("lone \ud800 and \ud83d\ude00"))
+    path = transcript.save(tmp_path / "odd.ipynb")
+    cell = nbformat.read(path, as_version=4).cells[0]
+    assert cell.source == "lone \ufffd and 😀"
