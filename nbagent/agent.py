@@ -114,6 +114,10 @@ class Agent:
             ``kernel_options["gateway"]``.
         data: files and directories to upload into the kernel's working directory when it
             starts (checked now; the model is told which files are there).
+
+    Signals: made in the main thread while SIGTERM has its default action, an Agent installs
+    one handler, for SIGTERM, that ends every kernel and raises ``SystemExit(143)``; nothing
+    else. Close it (``with``, ``aclose``): one collected unclosed warns and ends its kernel.
     """
 
     def __init__(
