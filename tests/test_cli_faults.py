@@ -106,16 +106,16 @@ time.sleep(120)
 """
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
-def test_a_stop_signal_ends_the_run_like_ctrl_c(
-    sig: signal.Signals, scripted_openai: ScriptedServer, tmp_path: Path
-) -> None:
-    pids = tmp_path / "pids.txt"
-    scripted_openai.add(py(LONG_STEP.format(pids=str(pids)), "Working."))
+def signal_mid_step(server: ScriptedServer, cwd: Path, args: list[str], sig: signal.Signals) -> str:
+    """Run ``nbagent ARGS``; once its first step has started ``sleep 300`` in the kernel, send
+    ``sig``; check the exit code and that neither the kernel nor its child is left. Returns
+    stderr."""
+    pids = cwd / "pids.txt"
+    server.add(py(LONG_STEP.format(pids=str(pids)), "Working."))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "nbagent", "run", "--workdir", ".", "-o", "run.ipynb", "t"],
-        cwd=tmp_path,
-        env=cli_env(scripted_openai),
+        [sys.executable, "-m", "nbagent", *args],
+        cwd=cwd,
+        env=cli_env(server),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -130,50 +130,33 @@ def test_a_stop_signal_ends_the_run_like_ctrl_c(
         _, err = proc.communicate(timeout=60)
         assert proc.returncode == 128 + sig, err
         assert f"interrupted by {sig.name}" in err and "Traceback" not in err
-        nb = nbformat.read(tmp_path / "run.ipynb", as_version=4)
-        meta = nb.metadata["nbagent"]
-        assert meta["status"] == "stopped", meta
-        assert nb.cells[-1].metadata["nbagent"]["role"] == "answer"
         assert wait_until(lambda: pid_gone(kernel), 10), "the kernel survived"
         assert wait_until(lambda: pid_gone(child), 10), "the kernel's child survived"
+        return err
     finally:
         proc.kill()
         for pid in (kernel, child):
             if pid and not pid_gone(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_a_stop_signal_ends_the_run_like_ctrl_c(
+    sig: signal.Signals, scripted_openai: ScriptedServer, tmp_path: Path
+) -> None:
+    args = ["run", "--workdir", ".", "-o", "run.ipynb", "t"]
+    signal_mid_step(scripted_openai, tmp_path, args, sig)
+    nb = nbformat.read(tmp_path / "run.ipynb", as_version=4)
+    assert nb.metadata["nbagent"]["status"] == "stopped", nb.metadata
+    assert nb.cells[-1].metadata["nbagent"]["role"] == "answer"
 
 
 def test_sigterm_ends_a_batch_with_its_transcripts_and_no_process_left(
     scripted_openai: ScriptedServer, tmp_path: Path
 ) -> None:
-    pids = tmp_path / "pids.txt"
-    scripted_openai.add(py(LONG_STEP.format(pids=str(pids)), "Working."))
     tasks = tmp_path / "tasks.jsonl"
     tasks.write_text(json.dumps({"id": "a", "task": "t"}) + "\n")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "nbagent", "batch", str(tasks), "-o", "out"],
-        cwd=tmp_path,
-        env=cli_env(scripted_openai),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    kernel = child = None
-    try:
-        assert wait_until(lambda: pids.exists() and pids.read_text().strip(), 60), "no step ran"
-        kernel, child = (int(x) for x in pids.read_text().split())
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
-        assert proc.returncode == 143, err
-        assert "interrupted by SIGTERM" in err and "Traceback" not in err
-        notebooks = list((tmp_path / "out").rglob("*.ipynb"))
-        assert notebooks, "no transcript"
-        assert nbformat.read(notebooks[0], as_version=4).metadata["nbagent"]["status"] == "stopped"
-        assert wait_until(lambda: pid_gone(kernel), 10), "the kernel survived"
-        assert wait_until(lambda: pid_gone(child), 10), "the kernel's child survived"
-    finally:
-        proc.kill()
-        for pid in (kernel, child):
-            if pid and not pid_gone(pid):
-                os.kill(pid, signal.SIGKILL)
+    signal_mid_step(scripted_openai, tmp_path, ["batch", str(tasks), "-o", "out"], signal.SIGTERM)
+    notebooks = list((tmp_path / "out").rglob("*.ipynb"))
+    assert notebooks, "no transcript"
+    assert nbformat.read(notebooks[0], as_version=4).metadata["nbagent"]["status"] == "stopped"
