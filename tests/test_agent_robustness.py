@@ -3,6 +3,7 @@ a kernel that died between runs. A scripted model over real HTTP, a real kernel.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import json
 import os
@@ -110,6 +111,25 @@ def test_an_unclosed_agent_shuts_its_kernel_down_when_collected(
     assert pid is not None and not pid_gone(pid)
     with pytest.warns(ResourceWarning, match="unclosed nbagent Agent"):
         del agent, result
+        gc.collect()
+    assert wait_until(lambda: pid_gone(pid), 15), "the collected agent's kernel kept running"
+
+
+def test_an_unclosed_agent_whose_loop_is_gone_is_ended_by_signals(
+    scripted_openai: ScriptedServer, tmp_path: Path
+) -> None:
+    scripted_openai.add("done")
+    agent = agent_for(scripted_openai, tmp_path)
+
+    async def go(a: Agent) -> None:
+        await a.astart()
+        await a.arun("t")
+
+    asyncio.run(go(agent))  # the loop that owned the kernel's sockets is closed now
+    pid = agent.kernel.pid if agent.kernel is not None else None
+    assert pid is not None and not pid_gone(pid)
+    with pytest.warns(ResourceWarning, match="unclosed nbagent Agent"):
+        del agent
         gc.collect()
     assert wait_until(lambda: pid_gone(pid), 15), "the collected agent's kernel kept running"
 
