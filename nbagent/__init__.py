@@ -25,6 +25,7 @@ _EXPORTS: dict[str, str] = {
     "Tool": "nbagent.tools",
     "Transcript": "nbagent.transcript",
     "make_model": "nbagent.llm",
+    "protect_host": "nbagent.hostguard",
     "tool": "nbagent.tools",
 }
 
@@ -33,6 +34,7 @@ __all__ = ["__version__", *sorted(_EXPORTS)]
 if TYPE_CHECKING:
     from nbagent.agent import Agent as Agent
     from nbagent.agent import RunResult as RunResult
+    from nbagent.hostguard import protect_host as protect_host
     from nbagent.kernel.base import ExecutionResult as ExecutionResult
     from nbagent.kernel.gateway import Gateway as Gateway
     from nbagent.kernel.limits import ResourceLimits as ResourceLimits

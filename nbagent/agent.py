@@ -19,13 +19,16 @@ import contextlib
 import os
 import time
 import uuid
+import warnings
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from nbagent import _sync, telemetry
+from nbagent._release import Owned, kernel_lost, release_unclosed
 from nbagent.actions import ACTIONS, Action
-from nbagent.errors import ConfigError, NbAgentError
+from nbagent.errors import ConfigError, ListenerWarning, NbAgentError
 from nbagent.events import (
     Event,
     InputsPushed,
@@ -36,6 +39,7 @@ from nbagent.events import (
     RunStatus,
     Usage,
 )
+from nbagent.kernel import _reaper
 from nbagent.kernel.limits import ResourceLimits
 from nbagent.kernel.session import KernelSession
 from nbagent.kernel.upload import DataFile, collect_data, describe_data
@@ -45,6 +49,7 @@ from nbagent.mcptools import McpServer, hub_for
 from nbagent.prelude import PRELUDE
 from nbagent.prompts import follow_up, system_prompt, task_message
 from nbagent.steps import Approver, Decision, Finish, StepRunner
+from nbagent.text import safe_text
 from nbagent.toolhost import ToolHost
 from nbagent.tools import Tool, check_tools, describe_tools
 
@@ -131,6 +136,10 @@ class Agent:
             gateway's kernelspec. Default: this Python's ipykernel (a gateway's "python3").
         mcp: MCP servers whose tools kernel code may call like ``tools`` (``nbagent[mcp]``): a
             command (stdio), an ``http(s)://`` URL or an :class:`~nbagent.mcptools.McpServer`.
+
+    Signals: made in the main thread while SIGTERM has its default action, an Agent installs
+    one handler, for SIGTERM, that ends every kernel and raises ``SystemExit(143)``; nothing
+    else. Close it (``with``, ``aclose``): one collected unclosed warns and ends its kernel.
     """
 
     def __init__(
@@ -233,6 +242,11 @@ class Agent:
         self._pending = ""
         self._context = describe_data(files)
         self._trace_parent: Any = None  # the caller's, caught before a blocking run
+        # What the finaliser releases if the Agent is collected unclosed (see _release).
+        self._owned = Owned(self.model)
+        self._finalizer = weakref.finalize(self, release_unclosed, self._owned)
+        self._finalizer.atexit = False  # at exit the reaper ends every kernel, silently
+        _reaper.install_sigterm_handler()  # works from the main thread only; see its docstring
 
     # -- listeners and lifecycle -------------------------------------------------------------
 
@@ -247,9 +261,12 @@ class Agent:
         return self._kernel
 
     def _bind_loop(self) -> None:
+        if self._owned.closed:
+            raise ConfigError("this Agent is closed: create a new one")
         loop = asyncio.get_running_loop()
         if self._loop is None:
             self._loop = loop
+            self._owned.loop = loop
         elif self._loop is not loop:
             raise ConfigError(
                 "this Agent is bound to another event loop: use run()/`with` or "
@@ -276,6 +293,7 @@ class Agent:
             options["backend"] = gateway.backend(forward_env=forward)
         prelude = PRELUDE + (self.tool_host.prelude() if self.tool_host else "")
         self._kernel = KernelSession(startup_code=prelude, **options)
+        self._owned.kernel = self._kernel
         await self._kernel.astart()
 
     async def _mcp_tools(self) -> None:
@@ -299,7 +317,9 @@ class Agent:
         await self._ensure_kernel()
 
     async def aclose(self) -> None:
-        """Shut the kernel down and close the model's connections."""
+        """Shut the kernel down and close the model's connections. The agent cannot run again
+        (a run on a closed agent fails before any model request)."""
+        self._owned.closed = True
         if self._producer is not None and not self._producer.done():
             self._producer.cancel()
             with contextlib.suppress(BaseException):
@@ -416,6 +436,7 @@ class Agent:
         """Run ``task`` and yield its events as they happen."""
         if not task or not task.strip():
             raise ConfigError("the task is empty")
+        task = safe_text(task)  # e.g. undecodable argv bytes: httpx must be able to send it
         self._bind_loop()
         if self._producer is not None and not self._producer.done():
             raise ConfigError("a run is already in progress on this agent")
@@ -441,8 +462,10 @@ class Agent:
         events: list[Event] = []
         async for event in self.astream(task):
             events.append(event)
-        end = events[-1]
-        assert isinstance(end, RunFinished)
+        # RunFinished is the stream's last event (listener failures are reported before it).
+        end = next((e for e in reversed(events) if isinstance(e, RunFinished)), None)
+        if end is None:  # pragma: no cover - astream always ends with RunFinished or raises
+            raise NbAgentError("the run ended without a final event")
         return RunResult(
             answer=end.answer,
             status=end.status,
@@ -495,7 +518,9 @@ class Agent:
         """Deliver ``event`` to every listener, then to the stream.
 
         A failing listener (a transcript that cannot be written, a broken callback) never ends
-        the run: its error becomes a ``Notice`` that the other consumers see.
+        the run: its error becomes a ``Notice`` that the other consumers see. ``RunFinished``
+        stays the stream's last event whatever a listener does: the notices about it are queued
+        before it, given to the listeners after it, and raised as a :class:`ListenerWarning`.
         """
         failures: list[Notice] = []
         for listener in list(self._listeners):
@@ -503,12 +528,18 @@ class Agent:
                 listener(event)
             except Exception as exc:
                 failures.append(Notice(level="error", message=_describe(listener, exc)))
-        queue.put_nowait(event)
+        final = isinstance(event, RunFinished)
+        if not final:
+            queue.put_nowait(event)
         for notice in failures:
             for listener in list(self._listeners):
                 with contextlib.suppress(Exception):
                     listener(notice)
             queue.put_nowait(notice)
+            if final:
+                warnings.warn(notice.message, ListenerWarning, stacklevel=2)
+        if final:
+            queue.put_nowait(event)
 
     async def _drive(self, task: str, queue: asyncio.Queue[Event | None]) -> None:
         def emit(event: Event) -> None:
@@ -587,7 +618,8 @@ class Agent:
         if self.turns == 1 and len(self.messages) == 1:
             text = task_message(task, self._context)
         else:
-            text = follow_up(task, self._pending, self._context)
+            lost = kernel_lost(self._kernel, self._kernel_start)
+            text = follow_up(task, self._pending, self._context, kernel_lost=lost)
             self._pending = ""
             if self.messages[-1].role == "user":
                 # The last run ended on an observation the model never answered: fold it in, so

@@ -4,7 +4,8 @@
 ``--approve``). For each cell it writes the code to stderr (syntax-highlighted on a terminal)
 and reads one answer: ``r`` run, ``e`` edit in ``$VISUAL``/``$EDITOR`` and run as edited (the
 diff is shown), ``s`` skip, ``q`` quit. An empty or unknown answer asks again (at most
-``max_asks`` times); end of input, or no answer within ``timeout`` seconds, means skip. Skipped
+``max_asks`` times); no answer within ``timeout`` seconds means skip; end of input means quit
+(nobody is left to answer, so skipping would only spend tokens until the step limit). Skipped
 code never runs and the model is told.
 
 Answers are read from a file descriptor, a line at a time, by a worker thread that waits with
@@ -141,7 +142,7 @@ class TerminalApprover:
     async def __call__(self, step: int, code: str) -> Decision:
         self._show(step, code)
         if self._lines.eof and not self._lines.buf:
-            return self._skip("no answer (end of input)")
+            return self._quit_at_eof(code)
         if self._interactive:
             self._lines.discard_typed_ahead()
         deadline = time.monotonic() + self.timeout
@@ -154,7 +155,7 @@ class TerminalApprover:
             if line is _TIMEOUT:
                 return self._skip(f"no answer within {self.timeout:g} s")
             if line is None:
-                return self._skip("no answer (end of input)")
+                return self._quit_at_eof(code)
             assert isinstance(line, str)
             if not self._interactive:
                 self._write(f"{line}\n")  # echo a scripted answer, so the log reads well
@@ -182,6 +183,12 @@ class TerminalApprover:
             return await asyncio.to_thread(self._lines.readline, deadline, cancelled)
         finally:
             cancelled.set()  # a cancelled question (Ctrl-C) ends the worker within 0.1 s
+
+    def _quit_at_eof(self, code: str) -> Decision:
+        """No one can answer any more: quit, rather than skip every cell until the step limit
+        and spend tokens on a run nobody approves."""
+        self._write("\nquitting: end of input, no one is left to approve cells\n")
+        return Decision("quit", code, "end of input at approval")
 
     def _skip(self, reason: str) -> Decision:
         self._write(f"\nskipped: {reason}\n")

@@ -2,8 +2,11 @@
 
 ``nbagent run TASK`` prints the final answer alone on stdout and its progress on stderr, so it
 composes in shell pipelines. Exit codes: 0 answered, 1 the agent failed or stopped at a limit,
-2 usage or configuration error, 130 interrupted (Ctrl-C: the kernel is interrupted and shut
-down, what exists is saved).
+2 usage or configuration error (``-o`` is checked before the first model call: its folder must
+exist and be writable, and an existing file there must be a notebook), 3 the run ended but its
+transcript could not be saved (the answer is still printed), 130 interrupted (Ctrl-C: the
+kernel is interrupted and shut down, what exists is saved), 143 / 129 the same for SIGTERM /
+SIGHUP. The host process is made non-dumpable (:mod:`nbagent.hostguard`).
 
 A run works in a fresh run directory, ``./nbagent-runs/<time>-<id>/`` (printed on stderr), with
 the ``--data`` files copied in; ``--workdir DIR`` works in DIR instead. ``--approve`` asks
@@ -35,6 +38,8 @@ if TYPE_CHECKING:
 __all__ = ["build_parser", "main"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+#: The run ended (its answer printed) but the transcript could not be saved.
+EXIT_TRANSCRIPT = 3
 
 
 class _Parser(argparse.ArgumentParser):
@@ -149,7 +154,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         "--approve",
         action="store_true",
         help="show each cell on stderr and read one line from stdin: r run, e edit "
-        "($EDITOR), s skip, q quit; end of input or no answer in time skips",
+        "($EDITOR), s skip, q quit; no answer in time skips, end of input quits",
     )
     approval.add_argument(
         "--approve-timeout",
@@ -376,6 +381,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
+    import warnings
+
+    from nbagent.errors import ListenerWarning
+    from nbagent.hostguard import install_stop_signals, protect_host
+
+    protect_host()  # kernel code (same user) cannot read this process's environ or memory
+    restore_signals = install_stop_signals()
+    try:
+        with warnings.catch_warnings():  # shown as a notice, or by _save_transcript
+            warnings.simplefilter("ignore", ListenerWarning)
+            return _dispatch(parser, args)
+    finally:
+        restore_signals()
+
+
+def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     try:
         if args.command == "run":
             return _cmd_run(args)
@@ -389,9 +410,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             from nbagent.evaluate import run_command
 
             return run_command(args)
-    except KeyboardInterrupt:
-        print("nbagent: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as exc:
+        signum = getattr(exc, "signum", None)
+        if signum is None:
+            print("nbagent: interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        print(f"nbagent: interrupted by {getattr(exc, 'name', signum)}", file=sys.stderr)
+        return 128 + int(signum)
     except (ConfigError, AuthenticationError, TranscriptError) as exc:
         print(f"nbagent: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -403,11 +428,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _read_task(task: str) -> str:
+    """The task from argv or stdin ("-"); bytes that are not UTF-8 become U+FFFD, with a note
+    (argv arrives surrogate-escaped; stdin is read as bytes so no locale can make it fail)."""
+    from nbagent.text import safe_text
+
     if task == "-":
-        task = sys.stdin.read()
+        buffer = getattr(sys.stdin, "buffer", None)
+        task = buffer.read().decode("utf-8", "surrogateescape") if buffer else sys.stdin.read()
     if not task.strip():
         raise ConfigError("the task is empty")
-    return task
+    safe = safe_text(task)
+    if safe != task:
+        print(
+            "nbagent: the task has bytes that are not UTF-8; they read as \ufffd", file=sys.stderr
+        )
+    return safe
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -419,11 +454,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from nbagent.progress import Progress
     from nbagent.rundir import prepare_run_dir
     from nbagent.tools import load_tools
-    from nbagent.transcript import Transcript
+    from nbagent.transcript import Transcript, check_output_path
 
     if args.approve and args.task == "-":
         raise ConfigError("--approve reads answers from stdin: give the task as an argument")
     task = _read_task(args.task)
+    if args.output and (not args.resume or Path(args.output) != Path(args.resume)):
+        check_output_path(args.output)  # before anything is spent
     tools = [t for spec in args.tools for t in load_tools(spec)]
     limits = ResourceLimits(
         memory=args.max_memory,
@@ -524,7 +561,12 @@ def _run_agent(
     resume: str | None = None,
     output: str | None = None,
 ) -> int:
-    """Run ``task`` (after resuming a transcript, if asked); save; print the answer."""
+    """Run ``task`` (after resuming a transcript, if asked); save; print the answer.
+
+    The answer is printed whatever happens to the transcript; a transcript that cannot be
+    saved is one line on stderr and exit code 3.
+    """
+    saved = True
     try:
         with agent:
             if resume:
@@ -535,12 +577,25 @@ def _run_agent(
                 agent.add_listener(transcript)
             result = agent.run(task)
     finally:
-        if transcript is not None and transcript.nb.cells:
-            transcript.save()  # the last state, also after Ctrl-C; raises a clear error
-            print(f"nbagent: transcript saved to {transcript.path}", file=sys.stderr)
+        saved = _save_transcript(transcript)  # the last state, also after Ctrl-C
     if result.answer is not None:
-        print(result.answer)
+        print(result.answer, flush=True)
+    if not saved:
+        return EXIT_TRANSCRIPT
     return EXIT_OK if result.ok else EXIT_FAILED
+
+
+def _save_transcript(transcript: Transcript | None) -> bool:
+    """Save the transcript's last state; a failure is one line on stderr, never an exception."""
+    if transcript is None or not transcript.nb.cells:
+        return True
+    try:
+        transcript.save()
+    except TranscriptError as exc:
+        print(f"nbagent: {exc}; the transcript was not saved", file=sys.stderr)
+        return False
+    print(f"nbagent: transcript saved to {transcript.path}", file=sys.stderr)
+    return True
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
@@ -559,7 +614,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from nbagent.agent import Agent
     from nbagent.demo import DEMO_TASK, RecordedModel, demo_replies, prepare_demo_data
     from nbagent.progress import Progress
-    from nbagent.transcript import Transcript
+    from nbagent.transcript import Transcript, check_output_path
 
     output = Path(args.output)
     if output.suffix != ".ipynb":
@@ -567,6 +622,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     folder = output.parent if str(output.parent) else Path(".")
     if not folder.is_dir():
         raise ConfigError(f"folder {folder} does not exist")
+    check_output_path(output)
     live = args.live or bool(args.model or os.environ.get("NBAGENT_MODEL"))
     data = prepare_demo_data(folder)
     model: object = args.model if live else RecordedModel(demo_replies)

@@ -32,6 +32,7 @@ __all__ = [
     "KernelDiedError",
     "KernelError",
     "KernelStartupError",
+    "ListenerWarning",
     "ModelConnectionError",
     "ModelError",
     "ModelHTTPError",
@@ -103,3 +104,9 @@ class TranscriptError(NbAgentError):
 
 class ToolError(NbAgentError):
     """A host tool is misdeclared, or failed outside the kernel code that called it."""
+
+
+class ListenerWarning(RuntimeWarning):
+    """An event listener failed on a run's final event (e.g. the transcript could not be
+    saved). The run's result stands; the failure is reported after it, as this warning and as
+    a ``Notice`` just before the final event."""

@@ -67,12 +67,23 @@ def task_message(task: str, context: str = "") -> str:
     return "\n\n".join(parts)
 
 
-def follow_up(task: str, pending: str = "", context: str = "") -> str:
-    """The user message that starts a follow-up run on the same conversation and kernel."""
+def follow_up(task: str, pending: str = "", context: str = "", *, kernel_lost: str = "") -> str:
+    """The user message that starts a follow-up run on the same conversation and kernel.
+
+    ``kernel_lost`` says why the kernel's state is gone (it died between runs): the model is
+    then told to rebuild what it needs instead of being told its variables still exist.
+    """
     parts = []
     if pending.strip():
         parts.append(pending.strip())
-    parts.append(f"New task (same kernel, earlier variables still defined): {task.strip()}")
+    if kernel_lost:
+        parts.append(
+            f"New task. The kernel died since the last run ({kernel_lost}) and is restarted: "
+            f"every earlier variable, import and function is gone; files on disk remain. "
+            f"{task.strip()}"
+        )
+    else:
+        parts.append(f"New task (same kernel, earlier variables still defined): {task.strip()}")
     if context.strip():
         parts.append(context.strip())
     return "\n\n".join(parts)

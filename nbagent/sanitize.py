@@ -33,7 +33,7 @@ from typing import Any
 
 import nh3
 
-from nbagent.text import utf8_safe
+from nbagent.text import safe_text
 
 __all__ = [
     "HTML_LIMIT",
@@ -108,7 +108,7 @@ def safe_str(value: Any) -> str:
         value = "".join(str(v) for v in value)
     elif not isinstance(value, str):
         value = str(value)
-    return utf8_safe(value)
+    return safe_text(value)
 
 
 def _bounded(text: str, limit: int) -> str:

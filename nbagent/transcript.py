@@ -52,14 +52,20 @@ from nbagent.events import (
     RunStarted,
     ToolCalled,
 )
-from nbagent.observe import SUMMARY_MIME
+from nbagent.observe import ANSWER_MIME, SUMMARY_MIME
 from nbagent.prelude import SETUP_CELL, inputs_cell
+from nbagent.text import safe_text
 from nbagent.toolstubs import replay_setup
 
-__all__ = ["Transcript", "atomic_write_notebook", "read_transcript"]
+__all__ = ["Transcript", "atomic_write_notebook", "check_output_path", "read_transcript"]
 
 #: MIME types only the agent's own kernel produces; dropped so re-runs compare equal.
 PRIVATE_MIME = frozenset({SUMMARY_MIME})
+#: Characters of a reply or an answer shown in a markdown cell; the whole text is kept once,
+#: in metadata (``reply``, ``answer``), so a 10 MB answer is not stored four times.
+DISPLAY_LIMIT = 100_000
+#: Characters of each run's answer kept in ``metadata.nbagent.runs``.
+RUN_ANSWER_PREVIEW = 1_000
 SKIP_TAGS = ("skip-execution", "nbval-skip")
 #: The event types a transcript does not store.
 _NOT_STORED = (
@@ -224,7 +230,8 @@ class Transcript:
         if text.strip():
             self.nb.cells.append(
                 nbformat.v4.new_markdown_cell(
-                    text.strip(), metadata={"nbagent": {"role": "reasoning", "step": step}}
+                    _bounded(text.strip(), DISPLAY_LIMIT, "the step's metadata `reply`"),
+                    metadata={"nbagent": {"role": "reasoning", "step": step}},
                 )
             )
 
@@ -313,9 +320,8 @@ class Transcript:
                 "ended": _iso(event.time),
             }
         )
-        meta["runs"][-1].update(
-            {"status": event.status, "answer": event.answer, "steps": event.steps}
-        )
+        preview = None if event.answer is None else _bounded(event.answer, RUN_ANSWER_PREVIEW, "")
+        meta["runs"][-1].update({"status": event.status, "answer": preview, "steps": event.steps})
         # A reply without code that ended the run is the answer: keep its text as reasoning.
         answer_meta: dict[str, Any] = {"role": "answer", "status": event.status}
         leftover = [s for s in self._replies if s not in self._code_cells]
@@ -325,7 +331,8 @@ class Transcript:
             else:
                 self._reply_only(step, "")
         if event.status == "answered":
-            body = f"## Answer\n\n{event.answer}"
+            shown = _bounded(str(event.answer), DISPLAY_LIMIT, "`metadata.nbagent.answer`")
+            body = f"## Answer\n\n{shown}"
         else:
             body = f"## Run ended: {event.status}\n\n{_quote(event.reason)}"
         self.nb.cells.append(nbformat.v4.new_markdown_cell(body, metadata={"nbagent": answer_meta}))
@@ -363,13 +370,18 @@ class Transcript:
 def atomic_write_notebook(nb: nbformat.NotebookNode, path: str | os.PathLike[str]) -> None:
     """Write ``nb`` to ``path`` so that readers see the old file or the whole new one."""
     target = Path(path)
-    text = nbformat.writes(nb)
+    try:
+        data = nbformat.writes(nb).encode("utf-8")
+    except UnicodeEncodeError:  # a surrogate some text edge let through: never a traceback
+        data = safe_text(nbformat.writes(nb)).encode("utf-8")
+    except Exception as exc:  # nbformat/json refusing a value
+        raise TranscriptError(f"could not save transcript to {target}: {exc}") from None
     parent = target.parent if str(target.parent) else Path(".")
     tmp: str | None = None
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, target)
@@ -387,6 +399,42 @@ def atomic_write_notebook(nb: nbformat.NotebookNode, path: str | os.PathLike[str
         if tmp is not None:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
+
+
+def check_output_path(path: str | os.PathLike[str], *, option: str = "-o") -> Path:
+    """Check, before a run spends anything, that a transcript can be written to ``path``: not
+    a directory, its folder exists and takes a new file, and whatever is there already is a
+    notebook (anything else is never replaced). Raises :class:`TranscriptError`."""
+    target = Path(path)
+    where = f"{option} {target}"
+    if target.is_dir():
+        raise TranscriptError(f"{where}: is a directory; give a file, e.g. {target / 'run.ipynb'}")
+    parent = target.parent if str(target.parent) else Path(".")
+    if not parent.is_dir():
+        raise TranscriptError(f"{where}: folder {parent} does not exist")
+    if target.exists() and not _looks_like_notebook(target):
+        raise TranscriptError(
+            f"{where}: exists and is not a notebook; not replacing it (remove it or choose "
+            "another name)"
+        )
+    try:  # the real test: os.access() says yes to root on a read-only mount, for one
+        fd, probe = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".probe", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise TranscriptError(f"{where}: cannot write in {parent}: {exc.strerror or exc}") from None
+    return target
+
+
+def _looks_like_notebook(path: Path) -> bool:
+    """An empty file or a JSON object that starts like a notebook (nbformat writes "cells"
+    first); read no more than the head, however large the file."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096).lstrip()
+    except OSError:
+        return False
+    return not head or (head.startswith(b"{") and (b'"cells"' in head or b'"nbformat"' in head))
 
 
 def read_transcript(
@@ -421,6 +469,11 @@ def _clean_output(output: dict[str, Any]) -> dict[str, Any]:
         for mime in PRIVATE_MIME & data.keys():
             del data[mime]
             out.get("metadata", {}).pop(mime, None)
+        answer = data.get(ANSWER_MIME)
+        if isinstance(answer, dict) and len(str(answer.get("answer", ""))) > DISPLAY_LIMIT:
+            # a third full copy otherwise (metadata.nbagent.answer and the answer cell)
+            where = "`metadata.nbagent.answer`"
+            data[ANSWER_MIME] = {"answer": _bounded(str(answer["answer"]), DISPLAY_LIMIT, where)}
     return nbformat.from_dict(out)
 
 
@@ -434,6 +487,14 @@ def _call_record(call: ToolCalled) -> dict[str, Any]:
         record["display"] = list(call.display)
     record["duration"] = round(call.duration, 3)
     return record
+
+
+def _bounded(text: str, limit: int, where: str) -> str:
+    """``text`` cut to ``limit`` characters, saying how much there was and where it all is."""
+    if len(text) <= limit:
+        return text
+    rest = f"; all of it is in {where}" if where else ""
+    return f"{text[:limit]}\n\n*[… {len(text):,} characters in all{rest}]*"
 
 
 def _quote(text: str) -> str:

@@ -96,15 +96,15 @@ def test_unknown_and_empty_answers_ask_again_boundedly(pipe: Pipe) -> None:
     assert decision.action == "skip" and decision.reason == "no valid answer after 3 tries"
 
 
-def test_end_of_input_skips_now_and_later(pipe: Pipe) -> None:
+def test_end_of_input_quits_now_and_later(pipe: Pipe) -> None:
     a, out = approver(pipe)
     pipe.send("r")  # a last line without a newline still counts
     pipe.close_input()
     assert ask(a).action == "run"
     for step in (2, 3):
         decision = ask(a, step)
-        assert (decision.action, decision.reason) == ("skip", "no answer (end of input)")
-    assert "skipped: no answer (end of input)" in out.getvalue()
+        assert (decision.action, decision.reason) == ("quit", "end of input at approval")
+    assert "quitting: end of input" in out.getvalue()
 
 
 def test_no_answer_in_time_skips(pipe: Pipe) -> None:

@@ -145,12 +145,14 @@ def test_no_answer_in_time_skips(scripted_openai: ScriptedServer, tmp_path: Path
     assert "The code was not run: no answer within 1 s" in observations(scripted_openai, 1)
 
 
-def test_end_of_input_skips(scripted_openai: ScriptedServer, tmp_path: Path) -> None:
-    scripted_openai.add(py("open('ran.txt', 'w').write('x')"), "Nothing ran.")
+def test_end_of_input_quits(scripted_openai: ScriptedServer, tmp_path: Path) -> None:
+    # Nobody is left to answer: skipping every cell would spend tokens until the step limit.
+    scripted_openai.add(py("open('ran.txt', 'w').write('x')"), "more", "and more")
     proc = run_cli(scripted_openai, tmp_path, "--approve", "t", stdin="")
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 1, proc.stderr
+    assert "quitting: end of input" in proc.stderr
     assert not (run_dir_of(proc) / "ran.txt").exists()
-    assert "no answer (end of input)" in observations(scripted_openai, 1)
+    assert len(scripted_openai.chat_requests) == 1
 
 
 INJECTED = (

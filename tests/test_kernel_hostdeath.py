@@ -23,11 +23,19 @@ HOST = """
 import json, sys, time
 from nbagent.kernel.session import KernelSession
 
+from nbagent.kernel.limits import ResourceLimits
+
 mode = sys.argv[1]
-k = KernelSession()
+limits = ResourceLimits(processes=64) if len(sys.argv) > 2 else None
+k = KernelSession(resource_limits=limits)
 k.start()
 r = k.execute("import subprocess\\np = subprocess.Popen(['sleep', '1000'])\\nprint(p.pid)")
 info = {"pid": k.pid, "child": int(r.outputs[0]["text"]), "runtime": k.backend.runtime_dir}
+if limits:
+    r = k.execute("import os\\nq = subprocess.Popen(['sleep', '1000'], start_new_session=True)\\n"
+                  "print(q.pid, 'nbagent-' in open('/proc/self/cgroup').read())")
+    escaped, cgroup = r.outputs[0]["text"].split()
+    info.update(escaped=int(escaped), cgroup=cgroup == "True")
 print(json.dumps(info), flush=True)
 if mode == "exception":
     raise RuntimeError("the host crashed")
@@ -37,13 +45,13 @@ if mode in ("sigterm", "sigint", "sigkill"):
 
 
 def _start_host(
-    mode: str, env: dict[str, str], tmp_path: Path
+    mode: str, env: dict[str, str], tmp_path: Path, *extra: str
 ) -> tuple[subprocess.Popen[str], dict]:
     script = tmp_path / "host.py"
     script.write_text(HOST)
     env = {k: v for k, v in env.items() if k != "PYTEST_CURRENT_TEST"}
     proc = subprocess.Popen(
-        [sys.executable, str(script), mode],
+        [sys.executable, str(script), mode, *extra],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -100,8 +108,10 @@ def test_kernel_exits_by_itself_when_the_host_is_sigkilled(
     try:
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
-        # ipykernel polls its parent (JPY_PARENT_PID) once a second
+        # ipykernel polls its parent (JPY_PARENT_PID) once a second; the launcher's watcher
+        # ends what the kernel's code started
         assert wait_until(lambda: pid_gone(info["pid"]), 10), "orphaned kernel kept running"
+        assert wait_until(lambda: pid_gone(info["child"]), 10), "the kernel's child survived"
         stale = Path(info["runtime"])
         assert stale.is_relative_to(private) and stale.exists()  # the dead host could not...
         local._sweep_stale(stale.parent)  # ...but the next session's sweep removes it
@@ -140,3 +150,24 @@ def test_printing_a_gigabyte_does_not_cost_the_host_a_gigabyte(
     growth_mb = (int(after) - int(before)) / 1024  # ru_maxrss is in KiB on Linux
     assert growth_mb < 100, f"host peak memory grew by {growth_mb:.0f} MB"
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss > 0
+
+
+def test_a_child_that_left_the_group_dies_with_the_host_through_the_cgroup(
+    host_env: dict[str, str], tmp_path: Path
+) -> None:
+    proc, info = _start_host("sigkill", host_env, tmp_path, "limits")
+    pids = [info["pid"], info["child"], info.get("escaped")]
+    try:
+        if not info.get("cgroup"):
+            pytest.skip("no writable cgroup pids controller: --max-procs used RLIMIT_NPROC")
+        assert os.getpgid(info["escaped"]) != os.getpgid(info["pid"])  # it left the group
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        assert wait_until(lambda: pid_gone(info["pid"]), 10), "orphaned kernel kept running"
+        assert wait_until(lambda: pid_gone(info["child"]), 10), "the kernel's child survived"
+        assert wait_until(lambda: pid_gone(info["escaped"]), 10), "the setsid child survived"
+    finally:
+        proc.kill()
+        for pid in pids:
+            if pid and not pid_gone(pid):
+                os.kill(pid, signal.SIGKILL)

@@ -15,7 +15,7 @@ import pytest
 from nbagent.kernel.local import LocalBackend
 from nbagent.kernel.outputs import OutputAssembler, OutputLimits
 from nbagent.kernel.session import KernelSession
-from nbagent.text import utf8_safe
+from nbagent.text import safe_text
 from tests.kernel_fixtures import stream_text
 
 
@@ -127,8 +127,8 @@ def test_kernel_side_drop_counts_are_absorbed() -> None:
 
 
 def test_lone_surrogates_are_replaced() -> None:
-    assert utf8_safe("a\ud800b\x00") == "a\ufffdb\x00"
-    assert utf8_safe("ok é") == "ok é"
+    assert safe_text("a\ud800b\x00") == "a\ufffdb\x00"
+    assert safe_text("ok é") == "ok é"
 
 
 @pytest.mark.parametrize("seed", range(20))

@@ -21,6 +21,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 from nbagent.errors import ConfigError
 from nbagent.kernel.base import KernelMessage
+from nbagent.text import has_surrogate_escape, safe_obj
 
 __all__ = [
     "RedactingLogger",
@@ -125,6 +126,9 @@ def decode_frame(data: str | bytes) -> KernelMessage | None:
         msg = json.loads(data)
     except ValueError:
         return None
+    raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
+    if has_surrogate_escape(raw):
+        msg = safe_obj(msg)  # lone "\ud800" escapes: never past this edge
     if not isinstance(msg, dict) or not isinstance(msg.get("header"), dict):
         return None
     header = msg["header"]

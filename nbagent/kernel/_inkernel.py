@@ -4,7 +4,7 @@ user's namespace). It is never imported by nbagent itself, and it imports nothin
 because a kernel on a gateway will not have nbagent installed. Keep it Python 3.8-compatible
 and standard-library-only (numpy, pandas and pyarrow are used only when the kernel has them).
 
-It does two jobs:
+It does four jobs:
 
 * **Bounding stream output at the source.** ``sys.stdout``/``sys.stderr`` writes pass through
   until a per-cell head budget is spent; after that only a rolling tail is kept (in the kernel)
@@ -12,6 +12,15 @@ It does two jobs:
   its traceback. A cell that prints 1 GB sends about ``head + tail`` characters to the host.
   The count is published as a ``display_data`` of type ``application/vnd.nbagent.dropped+json``,
   which the host removes from the outputs.
+* **Bounded tracebacks for deep recursion.** After ``sys.setrecursionlimit(10**6)`` a runaway
+  recursion raises RecursionError with a million frames, and IPython's traceback formatter
+  (source context per frame) then runs for minutes: the step times out with no output. A
+  custom handler for RecursionError shows the first and last frames and the count between.
+* **Threads of earlier cells.** ipykernel sends what any thread prints to the cell running
+  *now*, so output from a thread a finished cell started would read as the next step's own, and
+  a ``final_answer`` called from an old ``threading.Timer`` would end an unrelated step. The
+  threads alive when a cell starts are remembered; their lines are labelled
+  ``[thread of an earlier cell]`` and their ``final_answer`` is shown but does not count.
 * **Safe variable transfer.** ``_pull(names, formats)`` encodes values as JSON text, ``.npy``
   bytes (``allow_pickle=False``) or Parquet / JSON-table DataFrames, and returns them through
   ``user_expressions`` as a ``application/vnd.nbagent.transfer+json`` bundle. Anything else is
@@ -21,6 +30,7 @@ It does two jobs:
 from __future__ import annotations
 
 import base64
+import contextlib
 import importlib.util
 import io
 import json
@@ -29,8 +39,12 @@ import threading
 from collections import deque
 
 DROPPED_MIME = "application/vnd.nbagent.dropped+json"
+ANSWER_MIME = "application/x-nbagent-answer+json"
+THREAD_LABEL = "[thread of an earlier cell] "
 TRANSFER_MIME = "application/vnd.nbagent.transfer+json"
 _MAX_DEPTH = 100
+#: Frames shown at each end of a RecursionError's traceback.
+_TB_EDGE = 8
 
 
 class _Limiter:
@@ -43,6 +57,7 @@ class _Limiter:
         self.head_limit = head
         self.tail_limit = tail
         self.lock = threading.Lock()
+        self.line_start = {}  # thread ident -> whether its next write starts a line
         self.reset()
 
     def attach(self):
@@ -77,6 +92,8 @@ class _Limiter:
     def write(self, s):
         if not isinstance(s, str):
             return self.orig(s)
+        if _from_earlier_cell():
+            s = self._label(s)
         n = len(s)
         if not self.cut and n <= self.head_left:
             self.head_left -= n
@@ -103,6 +120,17 @@ class _Limiter:
                     self.dropped += over
         return n
 
+    def _label(self, s):
+        """Prefix each line an old thread starts with :data:`THREAD_LABEL`."""
+        me = threading.get_ident()
+        out = []
+        for piece in s.splitlines(True):
+            if self.line_start.get(me, True):
+                out.append(THREAD_LABEL)
+            out.append(piece)
+            self.line_start[me] = piece.endswith("\n")
+        return "".join(out)
+
     def finish(self):
         """Write the marker and the tail; return how many characters were dropped."""
         with self.lock:
@@ -122,7 +150,19 @@ class _Limiter:
 _limiters: list = []
 
 
+#: Threads (other than the main one) alive when the current cell started.
+_earlier_threads: frozenset = frozenset()
+
+
+def _from_earlier_cell():
+    """True when the calling thread was already running when the current cell started."""
+    return threading.get_ident() in _earlier_threads
+
+
 def _reset(*_args):
+    global _earlier_threads
+    main = threading.main_thread().ident
+    _earlier_threads = frozenset(t.ident for t in threading.enumerate() if t.ident != main)
     for lim in _limiters:
         lim.reset()
         lim.attach()
@@ -169,6 +209,45 @@ def _guard_session(session):
     session.pack = safe_pack
 
 
+def _bounded_traceback(shell, etype, value, tb, tb_offset=None):
+    """A RecursionError's traceback with its first and last frames only (walking a million
+    frames is fast; formatting each one, as IPython would, is not)."""
+    import traceback
+
+    if tb is not None and tb_offset is None:
+        tb = tb.tb_next  # IPython's own exec frame, hidden as IPython hides it
+    head, tail, count = [], deque(maxlen=_TB_EDGE), 0
+    while tb is not None:
+        (head if count < _TB_EDGE else tail).append((tb.tb_frame, tb.tb_lineno))
+        count += 1
+        tb = tb.tb_next
+    lines = ["Traceback (most recent call last):\n"]
+    lines += traceback.StackSummary.extract(iter(head)).format()
+    if count > len(head) + len(tail):
+        lines.append(f"  [... {count - len(head) - len(tail):,} more frames ...]\n")
+    lines += traceback.StackSummary.extract(iter(tail)).format()
+    lines += traceback.format_exception_only(etype, value)
+    stb = ["".join(lines)]
+    # IPython 9 formats the exception once more for its history: make that cheap too.
+    with contextlib.suppress(AttributeError):
+        value._render_traceback_ = lambda: stb
+    shell._showtraceback(etype, value, stb)  # run_code ignores what a CustomTB returns
+    return stb
+
+
+def _guard_answers(display_pub):
+    """A ``final_answer`` from a thread of an earlier cell is shown, not counted."""
+    publish = display_pub.publish
+
+    def guarded(data, *args, **kwargs):
+        if isinstance(data, dict) and ANSWER_MIME in data and _from_earlier_cell():
+            text = str(data.get("text/plain", ""))
+            data = {"text/plain": f"{THREAD_LABEL}ignored, not this step's code: {text}"}
+        return publish(data, *args, **kwargs)
+
+    display_pub.publish = guarded
+
+
 def _ask_exit():
     raise SystemExit("exit() is disabled here: nbagent keeps this kernel running")
 
@@ -186,6 +265,8 @@ def _install(config):
         _guard_session(kernel.session)
     # exit()/quit() would stop the kernel after the reply; make them a SystemExit instead.
     ip.ask_exit = _ask_exit
+    if not getattr(ip, "custom_exceptions", ()):  # the user's own handler wins
+        ip.set_custom_exc((RecursionError,), _bounded_traceback)
     if head <= 0:
         return
     for name in ("stdout", "stderr"):
@@ -193,6 +274,7 @@ def _install(config):
         lim.attach()
         _limiters.append(lim)
     ip.events.register("pre_run_cell", _reset)
+    _guard_answers(ip.display_pub)
     ip.events.register("post_run_cell", _finish)
     show = ip._showtraceback
 

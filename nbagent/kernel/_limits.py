@@ -1,4 +1,5 @@
-"""The kernel launcher that applies resource limits, then becomes the kernel.
+"""The kernel launcher: applies resource limits, starts the host watcher, then becomes the
+kernel.
 
 Run by path, before the kernel, as the first words of the kernel command::
 
@@ -22,17 +23,30 @@ write to (cgroup v1 or v2): a child group ``nbagent-<pid>`` of its own group wit
 an exact bound on the kernel's process tree. Failing that, for a non-root user, it sets
 ``RLIMIT_NPROC`` to the user's current task count plus N. For root without a writable cgroup
 it refuses to start (exit 2) rather than pretend.
+
+Host watcher (``--watch HOSTPID``, always given for a local kernel): ipykernel's own parent
+polling ends the *kernel* when the host dies, even by SIGKILL, but not what the kernel's code
+started (``subprocess.Popen(["sleep", "300"])`` would be reparented to init and run on). Before
+``exec`` the launcher forks (twice, so the watcher is nobody's child inside the kernel) a
+watcher that stays in the kernel's process group, ignores the interrupts and SIGTERMs the group
+gets, and waits on a pidfd of the host (polls once a second where there is no pidfd). When the
+host is gone it SIGTERMs the group, and half a second later kills the cgroup made for
+``--nproc`` (``cgroup.kill``, or each pid of ``cgroup.procs``) and SIGKILLs the group, itself
+included. It is forked before the limits are set, so it is outside them and outside that
+cgroup. An orderly shutdown kills it with the rest of the group. It costs one forked, sleeping
+Python process per kernel (reaped by init, like any orphan: a container whose PID 1 does not
+reap, e.g. ``docker run`` without ``--init``, keeps one zombie entry per kernel).
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import ctypes
 import os
 import resource
+import select
 import signal
 import sys
+import time
 
 #: Prefix of the cgroups this launcher creates (``nbagent-<kernel pid>``).
 CGROUP_PREFIX = "nbagent-"
@@ -178,8 +192,80 @@ def _limit_processes(n: int) -> str:
 def _drop_cap_sys_resource() -> None:
     """As root, keep the kernel from raising its own hard limits (best effort)."""
     with contextlib.suppress(OSError, AttributeError):
+        import ctypes  # only here: the launcher's start-up time is every kernel's
+
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_CAPBSET_DROP, _CAP_SYS_RESOURCE, 0, 0, 0)
+
+
+def _wait_for_exit(pid: int, pidfd: int | None) -> None:
+    if pidfd is not None:
+        select.select([pidfd], [], [])  # readable once the process has exited
+        return
+    while pid_alive(pid):
+        time.sleep(1.0)
+
+
+def _kill_everything(kernel_pid: int) -> None:
+    """SIGTERM the process group, then SIGKILL the kernel's cgroup and the group (this process
+    too). The watcher is outside that cgroup: it was forked before the launcher joined it."""
+    group = os.getpgid(0)
+    with contextlib.suppress(OSError):
+        os.killpg(group, signal.SIGTERM)
+    time.sleep(0.5)
+    for parent in _own_cgroup_dirs("pids"):  # processes that left the group (setsid) are here
+        cgroup = os.path.join(parent, f"{CGROUP_PREFIX}{kernel_pid}")
+        try:
+            _write(os.path.join(cgroup, "cgroup.kill"), "1")
+        except OSError:
+            with contextlib.suppress(OSError), open(os.path.join(cgroup, "cgroup.procs")) as f:
+                for line in f:
+                    with contextlib.suppress(OSError, ValueError):
+                        os.kill(int(line), signal.SIGKILL)
+    os.killpg(group, signal.SIGKILL)
+
+
+def _start_watcher(host_pid: int) -> None:
+    """Fork the host watcher (see the module docstring); return in the launcher at once."""
+    if host_pid <= 1 or os.getppid() != host_pid:
+        return  # the host is not our parent (already gone, or a wrapper): nothing to watch
+    kernel_pid = os.getpid()  # the launcher's pid is the kernel's (it execs)
+    pidfd = None
+    with contextlib.suppress(AttributeError, OSError):
+        pidfd = os.pidfd_open(host_pid)  # type: ignore[attr-defined,unused-ignore]
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the forked processes
+        try:
+            if os.fork() == 0:
+                for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                    signal.signal(sig, signal.SIG_IGN)
+                with contextlib.suppress(OSError):
+                    os.close(0)
+                _wait_for_exit(host_pid, pidfd)
+                sys.stderr.write(f"nbagent watcher: host {host_pid} exited; ending the kernel\n")
+                sys.stderr.flush()
+                _kill_everything(kernel_pid)
+        finally:
+            os._exit(0)
+    os.waitpid(child, 0)
+    if pidfd is not None:
+        os.close(pidfd)
+
+
+_OPTIONS = ("data", "as", "cpu", "nproc", "nofile", "fsize", "watch")
+
+
+def _options(args: list[str]) -> dict[str, int | None]:
+    """``--name N`` pairs (no argparse: it imports ``re``, tens of ms per kernel start)."""
+    opts: dict[str, int | None] = dict.fromkeys(_OPTIONS)
+    if len(args) % 2:
+        _fail(f"expected --name N pairs before --, got {' '.join(args)}")
+    for flag, value in zip(args[::2], args[1::2], strict=True):
+        name = flag[2:] if flag.startswith("--") else ""
+        if name not in opts or not value.lstrip("-").isdigit():
+            _fail(f"bad option {flag} {value} (known: --{', --'.join(_OPTIONS)}, whole numbers)")
+        opts[name] = int(value)
+    return opts
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -190,13 +276,12 @@ def main(argv: list[str] | None = None) -> None:
             "[--fsize N] -- KERNEL COMMAND ..."
         )
     cut = argv.index("--")
-    parser = argparse.ArgumentParser(prog="nbagent-limits")
-    for name in ("data", "as", "cpu", "nproc", "nofile", "fsize"):
-        parser.add_argument(f"--{name}", type=int, default=None)
-    opts = vars(parser.parse_args(argv[:cut]))
+    opts = _options(argv[:cut])
     command = argv[cut + 1 :]
     if not command:
         _fail("no kernel command after --")
+    if opts["watch"] is not None:  # first: the watcher stays out of the kernel's limits
+        _start_watcher(opts["watch"])
     applied: list[str] = []
     try:
         if opts["nproc"] is not None:
@@ -223,8 +308,9 @@ def main(argv: list[str] | None = None) -> None:
     for sig in ("SIGPIPE", "SIGXFSZ"):
         if hasattr(signal, sig):
             signal.signal(getattr(signal, sig), signal.SIG_DFL)
-    sys.stderr.write(f"nbagent limits: {', '.join(applied) or 'none'}\n")
-    sys.stderr.flush()
+    if applied:
+        sys.stderr.write(f"nbagent limits: {', '.join(applied)}\n")
+        sys.stderr.flush()
     try:
         os.execvp(command[0], command)
     except OSError as exc:

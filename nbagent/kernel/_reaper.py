@@ -24,7 +24,14 @@ import threading
 import time
 from typing import Any, Protocol
 
-__all__ = ["Reapable", "install_sigterm_handler", "reap_all", "register", "unregister"]
+__all__ = [
+    "Reapable",
+    "install_sigterm_handler",
+    "reap_all",
+    "reap_one",
+    "register",
+    "unregister",
+]
 
 #: How long a SIGTERMed kernel gets before SIGKILL at exit.
 REAP_WAIT = 1.0
@@ -71,6 +78,19 @@ def reap_all() -> None:
     for obj in objs:
         with contextlib.suppress(Exception):
             obj.finish_reap(max(0.0, deadline - time.monotonic()))
+
+
+def reap_one(obj: object, wait: float = REAP_WAIT) -> None:
+    """Stop one kernel now, without an event loop (a finaliser's way), if ``obj`` is
+    :class:`Reapable`; never raises."""
+    if not (hasattr(obj, "begin_reap") and hasattr(obj, "finish_reap")):
+        return
+    with _lock:
+        _live.pop(id(obj), None)
+    with contextlib.suppress(Exception):
+        obj.begin_reap()
+    with contextlib.suppress(Exception):
+        obj.finish_reap(wait)
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:

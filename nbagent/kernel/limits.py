@@ -41,7 +41,7 @@ from typing import Any
 
 from nbagent.errors import ConfigError
 
-__all__ = ["ResourceLimits", "format_size", "parse_size"]
+__all__ = ["ResourceLimits", "format_size", "parse_size", "with_host_watcher"]
 
 KiB = 1024
 MiB = 1024**2
@@ -248,3 +248,15 @@ class ResourceLimits:
 
 def _traceback_text(error: Mapping[str, Any]) -> str:
     return "\n".join(str(line) for line in error.get("traceback") or [])
+
+
+def with_host_watcher(kernel_cmd: Sequence[str], host_pid: int) -> tuple[str, ...]:
+    """``kernel_cmd`` launched through the launcher with its host watcher (see
+    :mod:`nbagent.kernel._limits`): when process ``host_pid`` dies, the kernel's process group
+    and cgroup die with it. A command already behind the launcher gets the option added."""
+    launcher = (sys.executable, "-I", "-S", str(_LAUNCHER))
+    cmd = tuple(kernel_cmd)
+    watch = ("--watch", str(host_pid))
+    if cmd[: len(launcher)] == launcher:
+        return (*launcher, *watch, *cmd[len(launcher) :])
+    return (*launcher, *watch, "--", *cmd)

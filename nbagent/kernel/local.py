@@ -17,7 +17,9 @@ What it owns and why:
   resource-limit launcher goes in front of the kernelspec's command, and secrets that the
   kernelspec's ``env`` would add are dropped (:func:`.specs.spec_env`). The provisioner must run
   a local process (jupyter_client's ``LocalProvisioner`` or a subclass): the shutdown ladder,
-  the reaper and the limits act on that process group.
+  the reaper and the limits act on that process group. The launcher's host watcher
+  (:mod:`nbagent.kernel._limits`) kills the rest of the group (the code's children) and the
+  kernel's cgroup, if limits made one, when the host dies.
 * **Its stdout/stderr** go to the log file, never to the user's terminal.
 
 Messages are encoded and checked here (HMAC, JSON) rather than by ``Session.deserialize``:
@@ -57,8 +59,9 @@ from nbagent.errors import ConfigError, KernelStartupError
 from nbagent.kernel import _reaper
 from nbagent.kernel._limits import pid_alive
 from nbagent.kernel.base import Channel, KernelMessage, drain
-from nbagent.kernel.limits import ResourceLimits
+from nbagent.kernel.limits import ResourceLimits, with_host_watcher
 from nbagent.kernel.specs import OneSpec, command_spec, find_kernelspec, spec_env
+from nbagent.text import has_surrogate_escape, safe_obj
 
 __all__ = ["DEFAULT_KERNEL_CMD", "LocalBackend"]
 
@@ -140,9 +143,12 @@ def _tail(path: Path | None, lines: int = 12, max_bytes: int = 8192) -> str:
 
 def _loads(data: bytes) -> Any:
     try:
-        return json.loads(data)
+        obj = json.loads(data)
     except UnicodeDecodeError:
-        return json.loads(data.decode("utf-8", "replace"))
+        obj = json.loads(data.decode("utf-8", "replace"))
+    # "\ud800" escapes (another kernel, a helper that could not scrub) would reach httpx,
+    # the panel and nbformat as lone surrogates: join or replace them here.
+    return safe_obj(obj) if has_surrogate_escape(data) else obj
 
 
 class LocalBackend:
@@ -284,6 +290,7 @@ class LocalBackend:
                 raise KernelStartupError(f"cannot run kernel command {cmd[0]!r}: not found")
             if self._limits:
                 cmd = list(self._limits.wrap(cmd))
+            cmd = list(with_host_watcher(cmd, os.getpid()))  # its children die with the host too
             try:
                 await provisioner.launch_kernel(cmd, **kw)
             except OSError as exc:

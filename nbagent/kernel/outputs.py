@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from nbagent.kernel.base import KernelMessage, OutputCallback
-from nbagent.text import utf8_safe
+from nbagent.text import safe_text
 
 __all__ = [
     "DROPPED_MIME",
@@ -59,11 +59,11 @@ class OutputLimits:
 
 def _clean_json(v: Any) -> Any:
     if isinstance(v, str):
-        return utf8_safe(v)
+        return safe_text(v)
     if isinstance(v, list):
         return [_clean_json(x) for x in v]
     if isinstance(v, dict):
-        return {utf8_safe(str(k)): _clean_json(x) for k, x in v.items()}
+        return {safe_text(str(k)): _clean_json(x) for k, x in v.items()}
     return v
 
 
@@ -192,7 +192,7 @@ class OutputAssembler:
             text = content.get("text")
             if isinstance(text, str) and text:
                 self._before_output()
-                self._add_text(str(content.get("name") or "stdout"), utf8_safe(text))
+                self._add_text(str(content.get("name") or "stdout"), safe_text(text))
         elif msg_type in ("display_data", "execute_result"):
             self._display(msg_type, content)
         elif msg_type == "update_display_data":
@@ -202,9 +202,9 @@ class OutputAssembler:
         elif msg_type == "error":
             tb = content.get("traceback") or []
             self.error = {
-                "ename": utf8_safe(str(content.get("ename", ""))),
-                "evalue": utf8_safe(str(content.get("evalue", ""))),
-                "traceback": [utf8_safe(str(line)) for line in tb],
+                "ename": safe_text(str(content.get("ename", ""))),
+                "evalue": safe_text(str(content.get("evalue", ""))),
+                "traceback": [safe_text(str(line)) for line in tb],
             }
             self._before_output()
             self._add_rich({"output_type": "error", **self.error}, None)

@@ -176,6 +176,11 @@ class KernelSession:
         return self._backend.pid
 
     @property
+    def closed(self) -> bool:
+        """True once the session was shut down (or killed)."""
+        return self._closed
+
+    @property
     def cwd(self) -> str:
         return self._cwd
 
@@ -283,6 +288,13 @@ class KernelSession:
         finally:
             if self.resource_limits.processes is not None:
                 sweep_cgroups()
+
+    def kill(self) -> None:
+        """Stop the kernel now without an event loop (signals, or a gateway's DELETE), for
+        finalisers and exit paths; the session is closed afterwards."""
+        if not self._closed:
+            self._closed = True
+            _reaper.reap_one(self._backend)
 
     start = sync_method(astart)
     restart = sync_method(arestart)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import re
@@ -39,6 +40,7 @@ from nbagent.llm.config import ModelConfig
 from nbagent.llm.retry import parse_retry_after, should_retry_status
 from nbagent.llm.secrets import Redactor, one_line
 from nbagent.llm.sse import ServerSentEvent, aiter_sse
+from nbagent.text import PieceJoiner, safe_obj, safe_text
 
 __all__ = ["HTTPChatModel", "StreamBroken", "StreamParser", "error_text", "str_field"]
 
@@ -288,7 +290,7 @@ class HTTPChatModel:
         log.debug("%s", self._redact(f"{self.provider}: POST {self.url} (model {self.name})"))
         try:
             async with client.stream(
-                "POST", self.url, json=body, headers=self._headers(stream)
+                "POST", self.url, content=_json_bytes(body), headers=self._headers(stream)
             ) as resp:
                 if not 200 <= resp.status_code < 300:
                     raw = await _read_capped(resp, _ERROR_BODY_LIMIT)
@@ -297,17 +299,21 @@ class HTTPChatModel:
                 ctype = resp.headers.get("content-type", "").lower()
                 if stream and ctype.startswith("text/event-stream"):
                     parser = self.new_stream_parser()
+                    joiner = PieceJoiner()  # a UTF-16 pair split between chunks is one char
                     async with contextlib.aclosing(aiter_sse(resp.aiter_bytes())) as events:
                         async for event in events:
                             for piece in _feed(parser, event):
-                                yield piece
+                                if piece := joiner.feed(piece):
+                                    yield piece
                             if parser.finished:
                                 await _drain(events)
                                 break
-                    yield parser.result()
+                    if rest := joiner.flush():
+                        yield rest
+                    yield _safe_completion(parser.result())
                 else:
                     raw = await resp.aread()
-                    completion = self._parse_whole(self._decode_json(raw, ctype))
+                    completion = _safe_completion(self._parse_whole(self._decode_json(raw, ctype)))
                     if completion.text:
                         yield completion.text
                     yield completion
@@ -438,6 +444,26 @@ def _feed(parser: StreamParser, event: ServerSentEvent) -> list[str]:
         return parser.feed(event)
     except _SHAPE_ERRORS as exc:
         raise StreamBroken(f"unexpected stream chunk ({type(exc).__name__}: {exc})") from None
+
+
+def _json_bytes(body: dict[str, Any]) -> bytes:
+    """The request body as UTF-8 JSON (as httpx's ``json=`` writes it), with any surrogate
+    that slipped into a message made safe instead of failing the request."""
+    text = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(safe_obj(body), ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _safe_completion(c: Completion) -> Completion:
+    """The reply with its text and tool arguments valid UTF-8 (pairs joined, lone halves
+    replaced): it goes back to the model in the next request, to the panel and the notebook."""
+    calls = tuple(
+        dataclasses.replace(t, name=safe_text(t.name), arguments=safe_text(t.arguments))
+        for t in c.tool_calls
+    )
+    return dataclasses.replace(c, text=safe_text(c.text), tool_calls=calls)
 
 
 def _tail(error: ModelError) -> str:
