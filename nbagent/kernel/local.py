@@ -49,6 +49,7 @@ from nbagent.errors import ConfigError, KernelStartupError
 from nbagent.kernel import _reaper
 from nbagent.kernel._limits import pid_alive
 from nbagent.kernel.base import Channel, KernelMessage, drain
+from nbagent.kernel.control import channel_url
 
 __all__ = ["DEFAULT_KERNEL_CMD", "LocalBackend"]
 
@@ -273,7 +274,7 @@ class LocalBackend:
                 sock.setsockopt(zmq.IDENTITY, self._session.bsession)
             if channel == "stdin":
                 self._stdin_monitor = sock.get_monitor_socket(_HANDSHAKE)
-            sock.connect(f"ipc://{info['ip']}-{info[port_key]}")
+            sock.connect(channel_url(info, port_key))
             self._sockets[channel] = sock  # type: ignore[index]
             self._readers.append(asyncio.ensure_future(self._read(channel, sock)))  # type: ignore[arg-type]
 
