@@ -33,6 +33,7 @@ __all__ = [
     "KernelStatus",
     "ModelReplied",
     "ModelRetry",
+    "NotebookCells",
     "Notice",
     "Observation",
     "PlanMade",
@@ -123,6 +124,17 @@ class InputsPushed(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
+class NotebookCells(Event):
+    """The agent works in the notebook's own kernel: the user's cells run before this run
+    (``complete`` when none was left out), and the variables the notebook held, so a
+    transcript can start with what the run depended on."""
+
+    sources: tuple[str, ...]
+    names: tuple[str, ...]
+    complete: bool = True
+
+
+@dataclass(frozen=True, kw_only=True)
 class StepStarted(Event):
     step: int
 
@@ -207,6 +219,9 @@ class CellFinished(Event):
     note: str = ""
     #: True when the kernel was restarted, so variables from earlier steps are gone.
     state_lost: bool = False
+    #: In the notebook's own kernel: user-namespace names the step created / rebound.
+    new_names: tuple[str, ...] = ()
+    changed_names: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)

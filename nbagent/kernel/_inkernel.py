@@ -338,7 +338,7 @@ def _caps():
 
 # -- the notebook's own kernel (a subshell of it runs the agent's code) -------------------------
 
-_snapshot = {}
+_snapshot: dict = {}
 
 
 def _public(ns):

@@ -165,9 +165,7 @@ class SubshellBackend(LocalBackend):
         """Never restarts the kernel: leaves a subshell whose code could not be stopped to
         finish on its own and goes on in a new one (the user's state is kept)."""
         if not self.is_alive():
-            raise KernelStartupError(
-                "the notebook's kernel is gone: restart it from the notebook"
-            )
+            raise KernelStartupError("the notebook's kernel is gone: restart it from the notebook")
         await asyncio.wait_for(self._use_new_subshell(), timeout)
         self.abandoned += 1
 
@@ -274,7 +272,7 @@ class SubshellBackend(LocalBackend):
             await self._sockets[channel].send_multipart(self._session.serialize(msg))
             return await asyncio.wait_for(waiter, timeout)
         except asyncio.TimeoutError:
-            raise KernelError(f"the kernel did not answer {msg_type} within {timeout:g} s") from None
+            raise KernelError(f"no answer to {msg_type} within {timeout:g} s") from None
         finally:
             self._side.pop(msg_id, None)
 
