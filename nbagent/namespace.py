@@ -46,11 +46,12 @@ _ASSIGNED = re.compile(r"^\s*([A-Za-z_]\w*)\s*=(?!=)")
 
 def secret_values(namespace: Mapping[str, Any]) -> list[str]:
     """String values of the namespace that the secret filter matches (by name or content)."""
-    return [
-        value
-        for name, value in list(namespace.items())
-        if isinstance(value, str) and len(value) >= 4 and is_secret(name, value)
-    ]
+    found = []
+    for name in user_names(namespace):
+        value = namespace.get(name)
+        if isinstance(value, str) and 4 <= len(value) <= 1_000 and is_secret(name, value):
+            found.append(value)
+    return found
 
 
 def redact(source: str, secrets: Iterable[str] = ()) -> str:
