@@ -68,7 +68,9 @@ def test_agent_works_on_the_users_df_and_leaves_its_variables(
         py("monthly = df.groupby('month').sales.sum()\nprint(monthly.to_dict())"),
         py("final_answer(float(monthly.max()))"),
     )
-    out, reply = notebook.run("%%agent --cells --save run.ipynb -i df -o monthly\nsum sales by month")
+    out, reply = notebook.run(
+        "%%agent --cells --save run.ipynb -i df -o monthly\nsum sales by month"
+    )
     assert reply["status"] == "ok", (out, reply)
     assert "{1: 3.0, 2: 4.0}" in out and "Answer: 4.0" in out
     assert "in new: monthly" in out or "new: monthly" in out
@@ -149,8 +151,10 @@ def test_without_a_kernel_it_says_in_one_line_that_it_runs_isolated(
     shell = types.SimpleNamespace(user_ns={})
     assert magic_own.choose(shell, "auto") is None
     out = capsys.readouterr().out
-    assert out == "nbagent: the agent runs in a separate kernel: no kernel runs this shell " \
+    assert (
+        out == "nbagent: the agent runs in a separate kernel: no kernel runs this shell "
         "(terminal IPython)\n"
+    )
     with pytest.raises(ValueError, match="cannot work in this kernel"):
         magic_own.choose(shell, "own")
     with pytest.raises(ValueError, match="must be one of"):
