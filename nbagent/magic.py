@@ -585,6 +585,7 @@ def load_ipython_extension(ipython: Any) -> None:
     ipython.register_magics(NbAgentMagics(shell=ipython))
     if protect_questions not in ipython.input_transformers_cleanup:
         ipython.input_transformers_cleanup.append(protect_questions)
+    own.warm_up(ipython)
 
 
 def unload_ipython_extension(ipython: Any) -> None:

@@ -254,7 +254,11 @@ def test_own_kernel_uses_df_leaves_variables_stops_and_makes_cells(
     first.locator("text=new: monthly").first.wait_for()  # what the step left in the notebook
     first.locator("text=monthly {1: 3.0, 2: 4.0}").first.wait_for()
     cell(page, 3).locator("text=from the agent: {1: 3.0, 2: 4.0}").wait_for(timeout=30_000)
-    told = str(server.chat_requests[0].messages[1]["content"])
+    told = next(
+        str(r.messages[1]["content"])
+        for r in server.chat_requests
+        if "sum sales by month" in str(r.messages[1]["content"])
+    )
     assert "df: DataFrame 3 rows x 2 columns: month (int64), sales (float64)" in told
     lab.screenshot(page, cell(page, 2), "own-kernel-df.png")
 
