@@ -15,6 +15,7 @@ Run on its own: ``python -m bench.own_kernel_bench``.
 from __future__ import annotations
 
 import statistics
+import subprocess
 import tempfile
 from typing import Any
 
@@ -48,7 +49,7 @@ def first_request_latency(isolated: bool = False) -> float:
     with ScriptedServer(["df has 100 rows."]) as server:
         km = KernelManager()
         with tempfile.TemporaryDirectory() as tmp:
-            km.start_kernel(cwd=tmp)
+            km.start_kernel(cwd=tmp, stderr=subprocess.DEVNULL)
             kc = km.client()
             kc.start_channels()
             try:

@@ -130,7 +130,7 @@ def test_code_stuck_in_a_c_call_is_reported_and_the_agent_goes_on(notebook: Note
         assert result.status == "timeout"
         assert not result.state_lost
         assert "could not be stopped in its thread" in result.note
-        assert "interrupt or restart the kernel" in result.note
+        assert "only restarting the kernel ends it sooner" in result.note
         after = session.execute("print(keep)", timeout=10)
         assert after.status == "ok" and text(after) == "[1, 2, 3]\n"
         assert session.pid == pid  # never restarted
@@ -164,3 +164,14 @@ def test_input_reaches_the_handler_and_shutdown_leaves_the_kernel_running(
     notebook.kc.control_channel.send(notebook.kc.session.msg("list_subshell_request", {}))
     listed = notebook.kc.control_channel.get_msg(timeout=10)["content"]["subshell_id"]
     assert not ours & set(listed)  # our subshells were deleted; the kernel runs on
+
+
+def test_os_limits_are_for_isolated_kernels_only(tmp_path: Any) -> None:
+    from nbagent.errors import ConfigError
+    from nbagent.kernel.limits import ResourceLimits
+
+    backend = SubshellBackend(tmp_path / "kernel.json")  # not connected: refused before that
+    with pytest.raises(
+        ConfigError, match=r"only to a separate kernel nbagent starts \(--isolated\)"
+    ):
+        SharedKernelSession(backend=backend, resource_limits=ResourceLimits(memory=2**30))

@@ -223,8 +223,8 @@ class SubshellBackend(LocalBackend):
             self.stuck = (
                 f"the agent's code did not stop within {self.stop_wait:g} s: it is inside a "
                 "call that cannot be interrupted from Python (C code, a blocking read), and it "
-                "keeps running in a thread of your kernel until that call returns — interrupt "
-                "or restart the kernel to end it"
+                "keeps running in a thread of your kernel until that call returns — only "
+                "restarting the kernel ends it sooner (your variables would be lost)"
             )
 
     # -- messages ----------------------------------------------------------------------------
@@ -347,7 +347,7 @@ class SharedKernelSession(KernelSession):
                 f"timed out after {timeout:g} s and could not be stopped in its thread: it "
                 "is inside a call Python cannot interrupt (C code, a blocking read) and keeps "
                 "running in your kernel until that call returns; the agent goes on in a new "
-                "subshell and your variables are kept — interrupt or restart the kernel to end it"
+                "subshell and your variables are kept — only restarting the kernel ends it sooner"
             )
             result = dataclasses.replace(result, state_lost=False)
         elif result.note:
