@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import re
+import ssl
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
@@ -40,7 +42,14 @@ from nbagent.llm.retry import parse_retry_after, should_retry_status
 from nbagent.llm.secrets import Redactor, one_line
 from nbagent.llm.sse import ServerSentEvent, aiter_sse
 
-__all__ = ["HTTPChatModel", "StreamBroken", "StreamParser", "error_text", "str_field"]
+__all__ = [
+    "HTTPChatModel",
+    "StreamBroken",
+    "StreamParser",
+    "default_ssl_context",
+    "error_text",
+    "str_field",
+]
 
 log = logging.getLogger("nbagent.llm")
 
@@ -54,6 +63,13 @@ _HINTS = {
     403: "check the API key and its permissions",
     404: "check the model name and the base URL",
 }
+
+
+@functools.lru_cache(maxsize=1)
+def default_ssl_context() -> ssl.SSLContext:
+    """The verified SSL context every client of this process shares: building one reads the
+    CA bundle (50–150 ms), which a new client would otherwise pay before its first request."""
+    return httpx.create_ssl_context()
 
 
 class StreamBroken(Exception):
@@ -264,6 +280,7 @@ class HTTPChatModel:
         if self._client is None or self._client.is_closed or self._client_loop is not loop:
             timeout = httpx.Timeout(self.config.read_timeout, connect=self.config.connect_timeout)
             self._client = httpx.AsyncClient(
+                verify=default_ssl_context(),
                 timeout=timeout,
                 follow_redirects=False,
                 headers={"user-agent": f"nbagent (python-httpx/{httpx.__version__})"},
