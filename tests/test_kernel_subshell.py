@@ -175,3 +175,21 @@ def test_os_limits_are_for_isolated_kernels_only(tmp_path: Any) -> None:
         ConfigError, match=r"only to a separate kernel nbagent starts \(--isolated\)"
     ):
         SharedKernelSession(backend=backend, resource_limits=ResourceLimits(memory=2**30))
+
+
+def test_the_models_summaries_stay_out_of_the_users_own_outputs(notebook: Notebook) -> None:
+    from nbagent.prelude import PRELUDE
+
+    with notebook.session(startup_code=PRELUDE) as session:
+        notebook.run("import pandas as pd\nframe = pd.DataFrame({'a': [1, 2]})")
+        result = session.execute("frame", timeout=30)
+        (shown,) = [o for o in result.outputs if o["output_type"] == "execute_result"]
+        assert "text/x-nbagent-summary" in shown["data"]  # the model reads the summary
+        msg_id = notebook.kc.execute("frame")
+        while True:
+            msg = notebook.kc.get_iopub_msg(timeout=30)
+            if msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "execute_result":
+                assert "text/x-nbagent-summary" not in msg["content"]["data"]
+                assert "text/html" in msg["content"]["data"]
+                break
+        notebook.wait(msg_id)

@@ -301,6 +301,27 @@ class SubshellBackend(LocalBackend):
         return None
 
 
+#: The prelude's DataFrame/array summaries are for the model: in the notebook's own kernel they
+#: are left out of what the user's own cells (the main thread) display.
+_OWN_SUMMARY = """
+def __nbagent_own():
+    import threading
+    fmt = get_ipython().display_formatter.formatters.get("text/x-nbagent-summary")
+    if fmt is None or getattr(type(fmt), "_nbagent_own", False):
+        return
+    base = type(fmt)
+
+    def __call__(self, obj):
+        if threading.current_thread() is threading.main_thread():
+            return None
+        return base.__call__(self, obj)
+
+    fmt.__class__ = type("OwnSummary", (base,), {"__call__": __call__, "_nbagent_own": True})
+__nbagent_own()
+del __nbagent_own
+"""
+
+
 def _silent(code: str, **expressions: str) -> dict[str, Any]:
     return {
         "code": code,
@@ -322,6 +343,10 @@ class SharedKernelSession(KernelSession):
 
     def _helper_config(self) -> dict[str, int]:
         return {"head": 0, "tail": 0}  # the user's own cells are not ours to bound
+
+    async def _setup(self) -> None:
+        await super()._setup()
+        await self._internal(_OWN_SUMMARY, self.startup_timeout)
 
     async def _execute(
         self,
