@@ -83,7 +83,7 @@ async def stuck_report(agent: Any) -> str:
 def warm_up(shell: Any) -> None:
     """In a kernel, load in a background thread what the first ``%agent`` call needs (the
     panel's ipywidgets, the transcript's notebook schema, the subshell client, the model
-    client's SSL context): ~0.5 s that
+    client's SSL context and async backend): ~0.6 s that
     would otherwise delay the first model request, spent while the user's next cells run."""
     if getattr(shell, "kernel", None) is None:
         return
@@ -97,9 +97,9 @@ def warm_up(shell: Any) -> None:
 
             import nbagent.kernel.subshell
             import nbagent.widget  # noqa: F401
-            from nbagent.llm.client import default_ssl_context
+            from nbagent.llm.client import warm_up as warm_client
 
-            default_ssl_context()
+            warm_client()
 
     threading.Thread(target=warm, name="nbagent-warm-up", daemon=True).start()
 

@@ -49,6 +49,7 @@ __all__ = [
     "default_ssl_context",
     "error_text",
     "str_field",
+    "warm_up",
 ]
 
 log = logging.getLogger("nbagent.llm")
@@ -70,6 +71,15 @@ def default_ssl_context() -> ssl.SSLContext:
     """The verified SSL context every client of this process shares: building one reads the
     CA bundle (50–150 ms), which a new client would otherwise pay before its first request."""
     return httpx.create_ssl_context()
+
+
+def warm_up() -> None:
+    """Pay now what a process's first request pays (the SSL context; httpcore's async backend,
+    imported on first connect, ~0.1 s): for a caller that knows a first request is coming."""
+    import anyio
+
+    default_ssl_context()
+    asyncio.run(anyio.sleep(0))
 
 
 class StreamBroken(Exception):
