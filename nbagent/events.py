@@ -14,6 +14,9 @@ A run reads, in order::
 ``KernelStatus`` and ``Notice`` may appear anywhere. Cell outputs are nbformat v4 output dicts
 from the kernel message to the panel and the file; ``CellOutput(index=i)`` means "output *i* is
 now this" (an append when ``i`` equals the current length), ``CellCleared`` empties the list.
+
+In the notebook's own kernel the magic sends a ``NotebookCells`` (the user's cells) to the
+session's transcript before a run.
 """
 
 from __future__ import annotations

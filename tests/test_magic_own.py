@@ -94,6 +94,12 @@ def test_agent_works_on_the_users_df_and_leaves_its_variables(
     assert SECRET not in nbformat.writes(nb)
     steps = [c for c in nb.cells if c.metadata.get("nbagent", {}).get("role") == "step"]
     assert steps[0].metadata["nbagent"]["names"] == {"new": ["monthly"], "changed": []}
+    # ... so it re-executes top to bottom in a plain kernel, with the same outputs
+    from nbagent.replay import replay
+
+    report = replay(tmp_path / "run.ipynb", timeout=60)
+    assert report.ok, report.format()
+    assert report.ran >= 4
 
 
 def test_a_follow_up_sees_new_cells_and_isolated_stays_separate(
