@@ -165,3 +165,27 @@ def test_without_a_kernel_it_says_in_one_line_that_it_runs_isolated(
         magic_own.choose(shell, "own")
     with pytest.raises(ValueError, match="must be one of"):
         magic_own.choose(shell, "mine")
+
+
+def test_a_stuck_step_is_reported_and_the_run_goes_on(
+    notebook: Notebook, server: ScriptedServer
+) -> None:
+    server.add(
+        py("import time\ntime.sleep(30)", "Wait in C."),
+        py("final_answer(len(df))", "Go on."),
+    )
+    out, reply = notebook.run("%agent --step-timeout 1 wait, then count df")
+    assert reply["status"] == "ok", (out, reply)
+    assert "could not be stopped in its thread" in out
+    assert "Answer: 3" in out  # the next step ran at once, on a new subshell
+    assert notebook.run("print(df.shape)")[0] == "(3, 2)\n"
+
+
+def test_config_kernel_isolated_keeps_a_separate_kernel(
+    notebook: Notebook, server: ScriptedServer
+) -> None:
+    server.add(py("print('df' in globals())\nfinal_answer(0)"))
+    out, reply = notebook.run('%config NbAgentMagics.kernel = "isolated"\n%agent is df there?')
+    assert reply["status"] == "ok", out
+    assert "False" in out
+    assert "Variables in the notebook" not in str(server.chat_requests[0].messages)
