@@ -44,7 +44,8 @@ def own_kernel(shell: Any) -> tuple[str | None, str]:
     kernel = getattr(shell, "kernel", None)
     if kernel is None:
         return None, "no kernel runs this shell (terminal IPython)"
-    if getattr(kernel, "shell_channel_thread", None) is None:
+    has = getattr(kernel, "_supports_kernel_subshells", None)
+    if getattr(kernel, "shell_channel_thread", None) is None or has is False:
         try:
             from ipykernel import __version__ as version
         except ImportError:  # pragma: no cover - a kernel without ipykernel
