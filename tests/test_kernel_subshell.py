@@ -177,7 +177,9 @@ def test_os_limits_are_for_isolated_kernels_only(tmp_path: Any) -> None:
         SharedKernelSession(backend=backend, resource_limits=ResourceLimits(memory=2**30))
 
 
-def test_the_models_summaries_stay_out_of_the_users_own_outputs(notebook: Notebook) -> None:
+def test_the_models_summaries_and_exit_guard_leave_the_users_cells_alone(
+    notebook: Notebook,
+) -> None:
     from nbagent.prelude import PRELUDE
 
     with notebook.session(startup_code=PRELUDE) as session:
@@ -193,3 +195,14 @@ def test_the_models_summaries_stay_out_of_the_users_own_outputs(notebook: Notebo
                 assert "text/html" in msg["content"]["data"]
                 break
         notebook.wait(msg_id)
+        notebook.run("print('the user printed this')")
+        seen = session.execute("print(repr(_printed))", timeout=30)
+        assert "the user printed this" not in text(seen)  # _printed is the agent's own
+        gone = session.execute("exit()", timeout=30)
+        assert gone.status == "error" and "still running" in gone.note
+        assert notebook.run("print('alive')")[0] == "alive\n"
+    notebook.kc.execute("exit()")  # the user's own exit() still ends their kernel
+    deadline = time.monotonic() + 20
+    while notebook.km.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not notebook.km.is_alive()

@@ -173,6 +173,17 @@ def _ask_exit():
     raise SystemExit("exit() is disabled here: nbagent keeps this kernel running")
 
 
+def _ask_exit_off_main(ask_exit):
+    """In the notebook's own kernel: the user's exit() (main thread) works as before."""
+
+    def ask(*args, **kwargs):
+        if threading.current_thread() is threading.main_thread():
+            return ask_exit(*args, **kwargs)
+        return _ask_exit()
+
+    return ask
+
+
 def _install(config):
     """Harden the shell and bound sys.stdout/sys.stderr per cell (idempotent)."""
     ip = _shell()
@@ -185,7 +196,7 @@ def _install(config):
     if kernel is not None and hasattr(getattr(kernel, "session", None), "pack"):
         _guard_session(kernel.session)
     # exit()/quit() would stop the kernel after the reply; make them a SystemExit instead.
-    ip.ask_exit = _ask_exit
+    ip.ask_exit = _ask_exit if not config.get("main_exit") else _ask_exit_off_main(ip.ask_exit)
     if head <= 0:
         return
     for name in ("stdout", "stderr"):

@@ -301,11 +301,12 @@ class SubshellBackend(LocalBackend):
         return None
 
 
-#: The prelude's DataFrame/array summaries are for the model: in the notebook's own kernel they
-#: are left out of what the user's own cells (the main thread) display.
+#: The prelude's DataFrame/array summaries and its ``_printed`` record are for the model: in the
+#: notebook's own kernel the user's own cells (the main thread) are left out of both.
 _OWN_SUMMARY = """
 def __nbagent_own():
     import threading
+    get_ipython()._nbagent_own = True
     fmt = get_ipython().display_formatter.formatters.get("text/x-nbagent-summary")
     if fmt is None or getattr(type(fmt), "_nbagent_own", False):
         return
@@ -342,7 +343,8 @@ class SharedKernelSession(KernelSession):
         super().__init__(backend=backend, **kwargs)
 
     def _helper_config(self) -> dict[str, int]:
-        return {"head": 0, "tail": 0}  # the user's own cells are not ours to bound
+        # The user's own cells are not ours to bound, and their exit() is theirs.
+        return {"head": 0, "tail": 0, "main_exit": 1}
 
     async def _setup(self) -> None:
         await super()._setup()
