@@ -1,7 +1,8 @@
 """``%agent`` and ``%%agent``: the agent in a notebook cell, one session per IPython shell.
 
-``%load_ext nbagent`` registers both. A session is one :class:`~nbagent.agent.Agent` — its own
-kernel (never the notebook's), its own conversation — kept by the shell, so a later ``%agent``
+``%load_ext nbagent`` registers both. A session is one :class:`~nbagent.agent.Agent` — a
+subshell of this very kernel where it has them, else (``--isolated``) a kernel of its own
+(:mod:`nbagent.magic_own`), and its own conversation — kept by the shell, so a later ``%agent``
 is a follow-up on the same variables and history; ``--new`` starts over.
 
 How a call runs (see docs/architecture.md, "Magic"):
