@@ -449,10 +449,10 @@ class NbAgentMagics(Magics):
         agent.step_timeout = args.step_timeout or self.step_timeout
         agent.time_limit = args.time_limit or self.time_limit
         if session.own:  # the agent works on the notebook's variables: nothing to copy
-            cells, session.history_seen = own.notebook_cells(self.shell, session.history_seen)
+            cells = own.notebook_cells(self.shell, session)  # since its last run
             if cells is not None:
                 session._record(cells)
-            agent.set_context(own.run_context(self.shell))
+            agent.set_context(own.run_context(self.shell, agent))
         elif values:
             try:
                 _sync.run_sync(agent.apush(values))

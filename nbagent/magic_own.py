@@ -112,13 +112,19 @@ def kernel_options(connection_file: str) -> dict[str, Any]:
     return {"backend": SubshellBackend(connection_file), "session_class": SharedKernelSession}
 
 
-def _history(shell: Any) -> list[str]:
+def _history(shell: Any, agent: Any) -> list[str]:
+    """The user's cells from the input history, oldest first, "" for this cell's predecessors
+    that were the agent's own steps (they are in the history too) or ``%agent`` calls."""
     manager = getattr(shell, "history_manager", None)
     raw = list(getattr(manager, "input_hist_raw", None) or [])
-    return raw[1:-1] if raw and not raw[0] else raw[:-1]  # no leading "", not this cell
+    raw = raw[1:-1] if raw and not raw[0] else raw[:-1]  # no leading "", not this cell
+    sent: set[str] = getattr(getattr(agent, "kernel", None), "sent", set())
+    return [
+        "" if s.strip() in sent or s.lstrip().lstrip("%").startswith("agent") else s for s in raw
+    ]
 
 
-def run_context(shell: Any, extra: str = "") -> str:
+def run_context(shell: Any, agent: Any, extra: str = "") -> str:
     """What the model reads about the notebook at the start of a run (bounded)."""
     parts = [
         "You work in the user's own notebook kernel: their variables below are yours to read "
@@ -127,7 +133,7 @@ def run_context(shell: Any, extra: str = "") -> str:
     ]
     names = describe_namespace(shell.user_ns)
     parts.append(f"Variables in the notebook:\n{names}" if names else "No variables yet.")
-    cells = recent_cells(_history(shell), secrets=secret_values(shell.user_ns))
+    cells = recent_cells(_history(shell, agent), secrets=secret_values(shell.user_ns))
     if cells:
         shown = "\n\n".join(f"```python\n{c}\n```" for c in cells)
         parts.append(f"The last cells the user ran (oldest first):\n{shown}")
@@ -136,18 +142,16 @@ def run_context(shell: Any, extra: str = "") -> str:
     return "\n\n".join(parts)
 
 
-def notebook_cells(shell: Any, already: int) -> tuple[NotebookCells | None, int]:
-    """The user's cells run since ``already`` cells of history were recorded (``%agent`` cells
-    left out), as the event a transcript starts with; and the new history length."""
-    history = _history(shell)
+def notebook_cells(shell: Any, session: Any) -> NotebookCells | None:
+    """The user's cells run since ``session.history_seen`` cells of history were recorded
+    (``%agent`` cells and the agent's own steps left out), as the event a transcript starts
+    with (None: nothing new); moves ``session.history_seen`` on."""
+    history = _history(shell, session.agent)
+    already, session.history_seen = session.history_seen, len(history)
     hidden = secret_values(shell.user_ns)
-    sources = [
-        redact(s, hidden)
-        for s in history[already:]
-        if s.strip() and not s.lstrip().lstrip("%").startswith("agent")
-    ]
+    sources = [redact(s, hidden) for s in history[already:] if s.strip()]
     if not sources and already:
-        return None, len(history)
+        return None
     kept: list[str] = []
     size = 0
     for source in reversed(sources):
@@ -157,8 +161,7 @@ def notebook_cells(shell: Any, already: int) -> tuple[NotebookCells | None, int]
         size += len(source)
     complete = len(kept) == len(sources)
     names = tuple(user_names(shell.user_ns))
-    event = NotebookCells(sources=tuple(kept[::-1]), names=names, complete=complete)
-    return event, len(history)
+    return NotebookCells(sources=tuple(kept[::-1]), names=names, complete=complete)
 
 
 def cells_source(task: str, events: Sequence[Event]) -> str:

@@ -111,8 +111,10 @@ def test_a_follow_up_sees_new_cells_and_isolated_stays_separate(
     server.add(py("final_answer(extra)"))
     out, reply = notebook.run("%agent and extra?")
     assert reply["status"] == "ok" and "Answer: 7" in out
-    follow = server.chat_requests[-1].messages[-1]["content"]
-    assert "extra = 7" in str(follow)
+    follow = str(server.chat_requests[-1].messages[-1]["content"])
+    cells = follow.split("The last cells the user ran")[1]
+    assert "extra = 7" in cells
+    assert "final_answer" not in cells  # the agent's own steps are in the history, not shown
     out, reply = notebook.run("%agent --isolated what is df?")
     assert reply["status"] == "error" and "--isolated" in reply["evalue"]
     server.add(py("print('df' in globals())\nfinal_answer(0)"))

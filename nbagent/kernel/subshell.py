@@ -341,6 +341,9 @@ class SharedKernelSession(KernelSession):
 
     def __init__(self, *, backend: SubshellBackend, **kwargs: Any) -> None:
         super().__init__(backend=backend, **kwargs)
+        #: The code of every step sent: it lands in the notebook's input history too, where
+        #: the magic must tell it from the user's own cells.
+        self.sent: set[str] = set()
 
     def _helper_config(self) -> dict[str, int]:
         # The user's own cells are not ours to bound, and their exit() is theirs.
@@ -358,6 +361,7 @@ class SharedKernelSession(KernelSession):
         stdin_handler: StdinHandler | None,
     ) -> ExecutionResult:
         backend = self._backend
+        self.sent.add(code.strip())
         moved = ""
         if await backend.settle() and backend.is_alive():
             moved = backend.stuck
