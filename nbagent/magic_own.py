@@ -18,7 +18,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from nbagent.events import CellFinished, Event, NotebookCells
-from nbagent.namespace import describe_namespace, recent_cells, redact, secret_values, user_names
+from nbagent.namespace import (
+    describe_namespace,
+    is_agent_cell,
+    recent_cells,
+    redact,
+    secret_values,
+    user_names,
+)
 
 __all__ = [
     "KERNEL_MODES",
@@ -119,9 +126,7 @@ def _history(shell: Any, agent: Any) -> list[str]:
     raw = list(getattr(manager, "input_hist_raw", None) or [])
     raw = raw[1:-1] if raw and not raw[0] else raw[:-1]  # no leading "", not this cell
     sent: set[str] = getattr(getattr(agent, "kernel", None), "sent", set())
-    return [
-        "" if s.strip() in sent or s.lstrip().lstrip("%").startswith("agent") else s for s in raw
-    ]
+    return ["" if s.strip() in sent or is_agent_cell(s) else s for s in raw]
 
 
 def run_context(shell: Any, agent: Any, extra: str = "") -> str:

@@ -22,7 +22,14 @@ from typing import Any
 
 from nbagent.kernel.env import is_secret
 
-__all__ = ["describe_namespace", "recent_cells", "redact", "secret_values", "user_names"]
+__all__ = [
+    "describe_namespace",
+    "is_agent_cell",
+    "recent_cells",
+    "redact",
+    "secret_values",
+    "user_names",
+]
 
 #: Names IPython and nbagent put in every namespace.
 _SKIP = frozenset({"In", "Out", "exit", "quit", "get_ipython", "final_answer", "display"})
@@ -39,6 +46,14 @@ def user_names(namespace: Mapping[str, Any]) -> list[str]:
         and not hasattr(builtins, name)  # ipykernel's own ``open`` and the like
         and type(value).__name__ != "module"
     ]
+
+
+_AGENT_CALL = re.compile(r"^\s*(?:[A-Za-z_][\w.]*\s*=\s*)?%{1,2}agent(?:\s|$)", re.MULTILINE)
+
+
+def is_agent_cell(source: str) -> bool:
+    """True for a cell that calls ``%agent`` / ``%%agent`` (also as ``x = %agent ...``)."""
+    return bool(_AGENT_CALL.search(source))
 
 
 _ASSIGNED = re.compile(r"^\s*([A-Za-z_]\w*)\s*=(?!=)")
@@ -138,7 +153,7 @@ def recent_cells(
     secrets = list(secrets)
     for source in reversed(history):
         text = redact(source.strip(), secrets)
-        if not text or text.lstrip("%").startswith("agent") or "%agent" in text.split("\n")[0]:
+        if not text or is_agent_cell(text):
             continue
         if len(picked) >= count or size + len(text) > limit:
             break
