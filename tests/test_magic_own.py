@@ -191,3 +191,20 @@ def test_config_kernel_isolated_keeps_a_separate_kernel(
     assert reply["status"] == "ok", out
     assert "False" in out
     assert "Variables in the notebook" not in str(server.chat_requests[0].messages)
+
+
+def test_background_run_shares_the_namespace_while_cells_run(
+    notebook: Notebook, server: ScriptedServer
+) -> None:
+    server.add(py("import time\nfor k in range(600):\n    progress = k\n    time.sleep(0.05)"))
+    out, reply = notebook.run("%agent --bg count slowly")
+    assert reply["status"] == "ok", out
+    assert server.wait_for_requests(1, timeout=30)
+    out, _ = notebook.run("import time\ntime.sleep(1.5)\nprint(progress > 0, df.shape)")
+    assert out == "True (3, 2)\n"  # the user's cell ran while the agent's loop did
+    out, reply = notebook.run("%agent --stop")
+    assert reply["status"] == "ok", out
+    first, _ = notebook.run("print(progress)")
+    time.sleep(0.5)
+    assert notebook.run("print(progress)")[0] == first  # the loop has stopped
+    assert 0 < int(first) < 599
