@@ -8,6 +8,7 @@ while the agent's steps run on a subshell of the same kernel.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -206,3 +207,24 @@ def test_the_models_summaries_and_exit_guard_leave_the_users_cells_alone(
     while notebook.km.is_alive() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not notebook.km.is_alive()
+
+
+def test_closing_during_a_stuck_call_does_not_hold_up_the_users_cells(
+    notebook: Notebook,
+) -> None:
+    async def scenario() -> None:
+        session = notebook.session()
+        await session.astart()
+        task = asyncio.ensure_future(session.aexecute("import time\ntime.sleep(15)", timeout=60))
+        await asyncio.sleep(1.0)
+        task.cancel()  # Stop, then the session is closed (%agent --new)
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await session.ashutdown()
+
+    asyncio.run(scenario())
+    t0 = time.monotonic()
+    assert notebook.run("print('free')", timeout=30)[0] == "free\n"
+    # ipykernel joins a deleted subshell's thread in its shell router: deleting the busy one
+    # would have held this cell up until the sleep ended.
+    assert time.monotonic() - t0 < 5

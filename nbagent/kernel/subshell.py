@@ -170,11 +170,23 @@ class SubshellBackend(LocalBackend):
         self.abandoned += 1
 
     async def shutdown(self, *, timeout: float) -> None:
-        """Delete our subshells (when idle) and disconnect; the kernel keeps running."""
+        """Delete our idle subshells and disconnect; the kernel keeps running.
+
+        ipykernel deletes a subshell by joining its thread *in the thread that routes every
+        shell message*: deleting one that still runs code would hold up the user's own cells
+        until that code ends. So a subshell is deleted only when it is known to be idle; one
+        whose code could not be stopped is left to end on its own.
+        """
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.settle(), self.stop_wait + 1.0)
         for task in list(self._stops):
             task.cancel()
         if self.is_alive() and self._sockets:
-            for subshell in (self.subshell_id, self._stopper_id):
+            doomed = [self._stopper_id]
+            with contextlib.suppress(Exception):
+                if not self.stuck and await self._idle():
+                    doomed.insert(0, self.subshell_id)
+            for subshell in doomed:
                 if subshell is not None:
                     with contextlib.suppress(Exception):
                         await self._request(
@@ -185,6 +197,19 @@ class SubshellBackend(LocalBackend):
                         )
         self._close_sockets()
         self.subshell_id = self._stopper_id = None
+
+    async def _idle(self) -> bool:
+        """True when the agent's subshell runs no cell (asked through the stopper)."""
+        expr = f"{_HELPER}._cell_frame({self._thread_id}, type(get_ipython()).run_code.__code__)"
+        reply = await self._request(
+            "shell",
+            "execute_request",
+            _silent("", r=f"{expr} is None"),
+            subshell=self._stopper_id,
+            timeout=2.0,
+        )
+        result = ((reply.get("user_expressions") or {}).get("r") or {}).get("data") or {}
+        return result.get("text/plain") == "True"
 
     def is_alive(self) -> bool:
         return bool(self._sockets) and kernel_alive(self._kernel_pid)
