@@ -361,10 +361,12 @@ class NbAgentMagics(Magics):
                                 ("--plan-every", args.plan_every)):  # fmt: skip
                 if given:
                     raise UsageError(f"{flag} shapes a new session: add --new to use it")
+            if args.isolated and session.own:
+                raise UsageError("this session works in the notebook's kernel: add --new to "
+                                 "start an isolated one")  # fmt: skip
             for flag, wanted, have in (
                 ("--model", args.model, session.model),
                 ("--base-url", args.base_url, session.base_url),
-                ("--isolated", args.isolated and session.own, False),
             ):
                 if wanted and wanted != have:
                     raise UsageError(

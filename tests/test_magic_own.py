@@ -116,7 +116,7 @@ def test_a_follow_up_sees_new_cells_and_isolated_stays_separate(
     assert "extra = 7" in cells
     assert "final_answer" not in cells  # the agent's own steps are in the history, not shown
     out, reply = notebook.run("%agent --isolated what is df?")
-    assert reply["status"] == "error" and "--isolated" in reply["evalue"]
+    assert reply["status"] == "error" and "add --new to start an isolated one" in reply["evalue"]
     server.add(py("print('df' in globals())\nfinal_answer(0)"))
     out, reply = notebook.run("%agent --new --isolated is df there?")
     assert reply["status"] == "ok", out
