@@ -33,6 +33,7 @@ __all__ = [
 
 #: Names IPython and nbagent put in every namespace.
 _SKIP = frozenset({"In", "Out", "exit", "quit", "get_ipython", "final_answer", "display"})
+_DATA = ("pandas", "numpy", "polars", "pyarrow")
 _SCALARS = (bool, int, float, complex, str, bytes, type(None))
 
 
@@ -124,8 +125,12 @@ def describe_value(name: str, value: Any) -> str:
 
 
 def describe_namespace(namespace: Mapping[str, Any], limit: int = 2_500) -> str:
-    """Lines about the user's variables, at most ``limit`` characters in all ("" if none)."""
-    names = user_names(namespace)
+    """Lines about the user's variables, at most ``limit`` characters in all ("" if none):
+    data first (pandas and numpy values), then the rest newest first, so a long namespace
+    loses its oldest small names, not the DataFrame just loaded."""
+    names = user_names(namespace)[::-1]
+    data = [n for n in names if type(namespace[n]).__module__.split(".")[0] in _DATA]
+    names = data + [n for n in names if n not in set(data)]
     lines: list[str] = []
     size = 0
     for i, name in enumerate(names):

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import nbformat
+import pandas as pd
 import pytest
 
 from nbagent import magic_own
@@ -142,8 +143,11 @@ def test_namespace_summary_is_bounded_and_hides_secrets() -> None:
     ns.update(
         _private=1, types=types, In=[], OPENAI_API_KEY="x" * 8, url="postgres://u:pw@h/db", n=3
     )
+    ns["sales"] = pd.DataFrame({"a": [1]})
     text = describe_namespace(ns)
     assert len(text) <= 2_500
+    assert text.startswith("- sales: DataFrame 1 rows x 1 columns")  # data first
+    assert "value_399" in text and "value_000" not in text  # then the newest
     assert "… and" in text and "more names" in text
     assert "_private" not in text and "types" not in text and "In:" not in text
     small = describe_namespace({"OPENAI_API_KEY": "x" * 8, "url": "postgres://u:pw@h/db"})
