@@ -139,6 +139,26 @@ def coldstart(quick: bool, raw: dict[str, Any]) -> list[Row]:
     ]
 
 
+def ownkernel(quick: bool, raw: dict[str, Any]) -> list[Row]:
+    """%%agent in the notebook's own kernel: cell start to the first model request."""
+    from bench.own_kernel_bench import rounds
+
+    own, isolated = rounds(3 if quick else 7)
+    raw["ownkernel"] = {"own": own, "isolated": isolated}
+    return [
+        Row(
+            "ownkernel",
+            "own kernel: 1st model request after the %%agent cell starts",
+            _med(own) * 1000,
+            _med(isolated) * 1000,
+            "--isolated, same cell",
+            "ms",
+            "≤ 200 ms",
+            200.0,
+        )
+    ]
+
+
 def chars(quick: bool, raw: dict[str, Any]) -> list[Row]:
     """Characters sent to the model over a scripted 4-step analysis vs smolagents CodeAgent."""
     from bench.agent_bench import bench_chars
@@ -252,6 +272,7 @@ MEASURES: dict[str, Measure] = {
     "compute": compute,
     "overhead": overhead,
     "coldstart": coldstart,
+    "ownkernel": ownkernel,
     "chars": chars,
     "growth": growth,
     "concurrency": concurrency,

@@ -292,7 +292,8 @@ class Agent:
             forward = (*self.env, *(options.get("extra_env") or {}))
             options["backend"] = gateway.backend(forward_env=forward)
         prelude = PRELUDE + (self.tool_host.prelude() if self.tool_host else "")
-        self._kernel = KernelSession(startup_code=prelude, **options)
+        session_class = options.pop("session_class", None) or KernelSession
+        self._kernel = session_class(startup_code=prelude, **options)
         self._owned.kernel = self._kernel
         await self._kernel.astart()
 

@@ -14,6 +14,9 @@ A run reads, in order::
 ``KernelStatus`` and ``Notice`` may appear anywhere. Cell outputs are nbformat v4 output dicts
 from the kernel message to the panel and the file; ``CellOutput(index=i)`` means "output *i* is
 now this" (an append when ``i`` equals the current length), ``CellCleared`` empties the list.
+
+In the notebook's own kernel the magic sends a ``NotebookCells`` (the user's cells) to the
+session's transcript before a run.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ __all__ = [
     "KernelStatus",
     "ModelReplied",
     "ModelRetry",
+    "NotebookCells",
     "Notice",
     "Observation",
     "PlanMade",
@@ -125,6 +129,17 @@ class InputsPushed(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
+class NotebookCells(Event):
+    """The agent works in the notebook's own kernel: the user's cells run before this run
+    (``complete`` when none was left out), and the variables the notebook held, so a
+    transcript can start with what the run depended on."""
+
+    sources: tuple[str, ...]
+    names: tuple[str, ...]
+    complete: bool = True
+
+
+@dataclass(frozen=True, kw_only=True)
 class StepStarted(Event):
     step: int
 
@@ -209,6 +224,9 @@ class CellFinished(Event):
     note: str = ""
     #: True when the kernel was restarted, so variables from earlier steps are gone.
     state_lost: bool = False
+    #: In the notebook's own kernel: user-namespace names the step created / rebound.
+    new_names: tuple[str, ...] = ()
+    changed_names: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -1,7 +1,8 @@
 """``%agent`` and ``%%agent``: the agent in a notebook cell, one session per IPython shell.
 
-``%load_ext nbagent`` registers both. A session is one :class:`~nbagent.agent.Agent` — its own
-kernel (never the notebook's), its own conversation — kept by the shell, so a later ``%agent``
+``%load_ext nbagent`` registers both. A session is one :class:`~nbagent.agent.Agent` — a
+subshell of this very kernel where it has them, else (``--isolated``) a kernel of its own
+(:mod:`nbagent.magic_own`), and its own conversation — kept by the shell, so a later ``%agent``
 is a follow-up on the same variables and history; ``--new`` starts over.
 
 How a call runs (see docs/architecture.md, "Magic"):
@@ -29,7 +30,6 @@ import concurrent.futures
 import contextlib
 import datetime as _dt
 import queue
-import re
 import sys
 import threading
 import time
@@ -45,6 +45,7 @@ from IPython.core.magic_arguments import argument, magic_arguments
 from traitlets import Bool, Float, Int, List, Unicode
 
 from nbagent import _sync
+from nbagent import magic_own as own
 from nbagent._clicks import ClickRouter, click_router
 from nbagent.agent import Agent, RunResult
 from nbagent.errors import NbAgentError
@@ -55,6 +56,7 @@ from nbagent.magic_text import (
     ask_in_text,
     inputs_context,
     names_of,
+    protect_questions,
     split_options,
     substitute,
 )
@@ -97,8 +99,12 @@ class AgentInterrupted(KeyboardInterrupt):
 class _Session:
     """One agent and the transcript of everything it did, shared by the shell's calls."""
 
-    def __init__(self, agent: Agent, model: str | None, base_url: str | None) -> None:
+    def __init__(
+        self, agent: Agent, model: str | None, base_url: str | None, own: bool = False
+    ) -> None:
         self.agent, self.model, self.base_url = agent, model, base_url
+        #: True when the agent works in the notebook's own kernel; history cells recorded.
+        self.own, self.history_seen = own, 0
         self.transcript = Transcript()
         self.lock = threading.Lock()
         self.active: _Run | None = None
@@ -252,6 +258,8 @@ def _options(func: Callable[..., Any]) -> Callable[..., Any]:
         ),
         argument("--save", metavar="PATH", help="save the transcript here after every step"),
         argument("--new", action="store_true", help="start a new session (new kernel)"),
+        argument("--isolated", action="store_true", help="a separate kernel, not the notebook's"),
+        argument("--cells", action="store_true", help="put the run's code in a new cell below"),
         argument("--bg", action="store_true", help="return at once; the run goes on"),
         argument("--approve", action="store_true", help="ask before each code cell runs"),
         argument("--stop", action="store_true", help="stop the running background run"),
@@ -281,6 +289,7 @@ class NbAgentMagics(Magics):
     widgets = Bool(True, help="Use the live panel when a kernel can show it.").tag(config=True)
     kernel_name = Unicode(None, allow_none=True, help="Kernelspec for its code.").tag(config=True)
     mcp = List(Unicode(), help="MCP servers (commands or URLs) for new sessions.").tag(config=True)
+    kernel = Unicode("auto", help="auto | own (this kernel) | isolated.").tag(config=True)
 
     shell: Any  # the InteractiveShell (IPython types it as optional)
 
@@ -352,6 +361,9 @@ class NbAgentMagics(Magics):
                                 ("--mcp", args.mcp)):  # fmt: skip
                 if given:
                     raise UsageError(f"{flag} shapes a new session: add --new to use it")
+            if args.isolated and session.own:
+                raise UsageError("this session works in the notebook's kernel: add --new to "
+                                 "start an isolated one")  # fmt: skip
             for flag, wanted, have in (
                 ("--model", args.model, session.model),
                 ("--base-url", args.base_url, session.base_url),
@@ -364,6 +376,11 @@ class NbAgentMagics(Magics):
             return session
         vision = args.vision if args.vision is not None else self.vision
         try:
+            mode = "isolated" if args.isolated or self.kernel_name else self.kernel
+            connection_file = own.choose(self.shell, mode)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        try:
             agent = Agent(
                 model or None,
                 base_url=base_url or None,
@@ -373,10 +390,11 @@ class NbAgentMagics(Magics):
                 planning_interval=args.plan_every,
                 kernel=self.kernel_name or None,
                 mcp=[*self.mcp, *(args.mcp or ())],
+                kernel_options=own.kernel_options(connection_file) if connection_file else None,
             )
         except NbAgentError as exc:
             raise UsageError(str(exc)) from None
-        self.session = _Session(agent, model, base_url)
+        self.session = _Session(agent, model, base_url, own=connection_file is not None)
         return self.session
 
     def _tools(self, names: list[str]) -> list[Any]:
@@ -435,12 +453,18 @@ class NbAgentMagics(Magics):
         agent.max_steps = args.max_steps or self.max_steps
         agent.step_timeout = args.step_timeout or self.step_timeout
         agent.time_limit = args.time_limit or self.time_limit
-        if values:
+        if session.own:  # the agent works on the notebook's variables: nothing to copy
+            cells = own.notebook_cells(self.shell, session)  # since its last run
+            if cells is not None:
+                session._record(cells)
+            agent.set_context(own.run_context(self.shell, agent))
+        elif values:
             try:
                 _sync.run_sync(agent.apush(values))
             except NbAgentError as exc:
                 raise UsageError(f"-i: {exc}") from None
-        agent.set_context(inputs_context(values, outputs))
+        if not session.own:
+            agent.set_context(inputs_context(values, outputs))
 
         panel = None
         if widgets:
@@ -457,7 +481,7 @@ class NbAgentMagics(Magics):
         agent.approve = run.approve if args.approve else None
         remove = agent.add_listener(run.listen)
         future = asyncio.run_coroutine_threadsafe(
-            self._drive(run, agent, task, outputs), _sync.get_loop()
+            self._drive(run, agent, task, [] if session.own else outputs), _sync.get_loop()
         )
         if background:
             session.active = run
@@ -472,6 +496,8 @@ class NbAgentMagics(Magics):
         finally:
             remove()
             agent.approve = None
+        if args.cells and result is not None and own.cells_source(task, result.events):
+            self.shell.set_next_input(own.cells_source(task, result.events), replace=False)
         return self._conclude(run, result, error, pulled, problems, line_magic)
 
     @staticmethod
@@ -483,7 +509,7 @@ class NbAgentMagics(Magics):
         except NbAgentError as exc:
             error = exc
         pulled: dict[str, Any] = {}
-        problems: list[str] = []
+        problems = [p for p in [await own.stuck_report(agent)] if p]
         for name in outputs if not run.interrupted else ():
             try:
                 pulled.update(await agent.apull([name]))
@@ -560,36 +586,12 @@ class NbAgentMagics(Magics):
             self.session = None
 
 
-_AGENT_LINE = re.compile(
-    r"^(?P<indent>\s*)(?P<target>[A-Za-z_][\w.]*\s*=\s*)?%agent(?=\s|$)(?P<rest>.*?)\s*$"
-)
-
-
-def protect_questions(lines: list[str]) -> list[str]:
-    """Keep a task that ends in "?" a task: IPython would read ``%agent what is x?`` as a
-    request for help on ``x``. Rewrites such lines to the call IPython makes for a line magic.
-    """
-    if lines and lines[0].lstrip().startswith("%%"):
-        return lines  # a cell magic: its body is passed on as it is
-    out = []
-    for line in lines:
-        match = _AGENT_LINE.match(line)
-        rest = match["rest"].strip() if match else ""
-        if match is None or not rest.endswith("?") or rest in ("?", "??"):
-            out.append(line)
-            continue
-        newline = "\n" if line.endswith("\n") else ""
-        target = match["target"] or ""
-        out.append(f"{match['indent']}{target}get_ipython().run_line_magic('agent', {rest!r})")
-        out[-1] += newline
-    return out
-
-
 def load_ipython_extension(ipython: Any) -> None:
     """Register ``%agent`` / ``%%agent`` (``%load_ext nbagent``)."""
     ipython.register_magics(NbAgentMagics(shell=ipython))
     if protect_questions not in ipython.input_transformers_cleanup:
         ipython.input_transformers_cleanup.append(protect_questions)
+    own.warm_up(ipython)
 
 
 def unload_ipython_extension(ipython: Any) -> None:

@@ -21,12 +21,15 @@ __all__ = [
     "ask_in_text",
     "describe_value",
     "inputs_context",
+    "protect_questions",
     "split_options",
     "substitute",
 ]
 
 #: Options without a value.
-FLAGS = frozenset({"--new", "--bg", "--approve", "--vision", "--no-vision", "--stop"})
+FLAGS = frozenset(
+    {"--new", "--bg", "--approve", "--vision", "--no-vision", "--stop", "--isolated", "--cells"}
+)
 #: Options with one value (``-i``/``-o`` take names, several comma-separated).
 VALUED = frozenset(
     {
@@ -197,3 +200,28 @@ def ask_in_text(step: int, code: str) -> tuple[str, str]:
             while (line := input()) != ".":
                 lines.append(line)
             return ("run", "\n".join(lines))
+
+
+_AGENT_LINE = re.compile(
+    r"^(?P<indent>\s*)(?P<target>[A-Za-z_][\w.]*\s*=\s*)?%agent(?=\s|$)(?P<rest>.*?)\s*$"
+)
+
+
+def protect_questions(lines: list[str]) -> list[str]:
+    """Keep a task that ends in "?" a task: IPython would read ``%agent what is x?`` as a
+    request for help on ``x``. Rewrites such lines to the call IPython makes for a line magic.
+    """
+    if lines and lines[0].lstrip().startswith("%%"):
+        return lines  # a cell magic: its body is passed on as it is
+    out = []
+    for line in lines:
+        match = _AGENT_LINE.match(line)
+        rest = match["rest"].strip() if match else ""
+        if match is None or not rest.endswith("?") or rest in ("?", "??"):
+            out.append(line)
+            continue
+        newline = "\n" if line.endswith("\n") else ""
+        target = match["target"] or ""
+        out.append(f"{match['indent']}{target}get_ipython().run_line_magic('agent', {rest!r})")
+        out[-1] += newline
+    return out

@@ -126,6 +126,10 @@ def _nbagent_setup():
     if fmt.format_type not in ip.display_formatter.active_types:
         ip.display_formatter.active_types = [*ip.display_formatter.active_types, fmt.format_type]
 
+    def _main_thread():
+        import threading
+        return threading.current_thread() is threading.main_thread()
+
     printed = {}
     ip.user_ns["_printed"] = printed
     state = {"buf": None, "size": 0}
@@ -154,6 +158,8 @@ def _nbagent_setup():
 
     def _pre(info=None):
         silent = info is not None and (info.silent or not info.store_history)
+        # In the notebook's own kernel the user's cells (main thread) are not the agent's.
+        silent = silent or getattr(ip, "_nbagent_own", False) and _main_thread()
         state["buf"] = None if silent else []
         state["size"] = 0
         if not silent:

@@ -27,7 +27,7 @@ from pygments.lexers import PythonLexer
 from nbagent import events as ev
 from nbagent.sanitize import safe_output, safe_str
 from nbagent.text import shorten, strip_ansi
-from nbagent.view import RunLog, RunView, StepView, strip_code_blocks
+from nbagent.view import RunLog, RunView, StepView, names_text, strip_code_blocks
 
 __all__ = ["CSS", "TextRenderer", "render_html", "render_text"]
 
@@ -257,6 +257,8 @@ def step_top_html(view: StepView) -> str:
         dim.append(f"[{view.execution_count}]")
     if view.usage is not None and view.usage.total_tokens:
         dim.append(f"{view.usage.total_tokens:,} tokens")
+    if view.names:
+        dim.append(view.names)
     out = [
         f'<div class="nba-step-head"><strong class="nba-step-no">Step {view.step}</strong> '
         f'{badge(view.status)} <span class="nba-dim">{" · ".join(dim)}</span></div>'
@@ -496,6 +498,8 @@ class TextRenderer:
         missed = [self._output(e.step, i, o) for i, o in enumerate(e.outputs)]
         status = _STATUS.get(e.status, ("", e.status))[1]
         line = f"  {status} · {seconds(e.duration)}" + (f" · {e.note}" if e.note else "")
+        names = names_text(e.new_names, e.changed_names)
+        line += f" · {names}" if names else ""
         return "\n".join([*(m for m in missed if m), line])
 
     def _ToolCalled(self, e: ev.ToolCalled) -> str:

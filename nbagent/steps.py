@@ -310,6 +310,8 @@ class StepRunner:
             outputs=tuple(result.outputs),
             note=result.note,
             state_lost=result.state_lost,
+            new_names=tuple((result.extra.get("names") or {}).get("new") or ()),
+            changed_names=tuple((result.extra.get("names") or {}).get("changed") or ()),
         )
         self.emit(cell)
         return cell

@@ -46,6 +46,7 @@ from nbagent.events import (
     Event,
     InputsPushed,
     ModelReplied,
+    NotebookCells,
     Observation,
     PlanMade,
     RunFinished,
@@ -175,6 +176,8 @@ class Transcript:
                 )
             )
             self._autosave()
+        elif isinstance(event, NotebookCells):
+            self._notebook_cells(event)
         elif isinstance(event, CodeSkipped):
             self._code_cell(event.step, event.code, status="skipped", note=event.reason)
         elif isinstance(event, CellFinished):
@@ -222,6 +225,24 @@ class Transcript:
             self.nb.cells.append(self._setup)
         self._refresh_setup()
 
+    def _notebook_cells(self, event: NotebookCells) -> None:
+        """The agent worked in the notebook's own kernel: start with the user's cells (so the
+        transcript re-executes on its own) and say which variables came from the notebook."""
+        names = ", ".join(event.names) or "none"
+        gap = "" if event.complete else " Earlier cells were left out: define those yourself."
+        self.nb.cells.append(
+            nbformat.v4.new_markdown_cell(
+                "**From the notebook.** The agent worked in the notebook's own kernel. Its "
+                f"variables then: {names}. The cells the user ran before follow.{gap}",
+                metadata={"nbagent": {"role": "notebook", "names": list(event.names)}},
+            )
+        )
+        for source in event.sources:
+            self.nb.cells.append(
+                nbformat.v4.new_code_cell(source, metadata={"nbagent": {"role": "notebook"}})
+            )
+        self._autosave()
+
     def _refresh_setup(self) -> None:
         specs = list(self._tool_specs.values())
         self._setup.source = SETUP_CELL + replay_setup(specs, self._replay)
@@ -261,6 +282,8 @@ class Transcript:
         meta["duration"] = round(event.duration, 3)
         if event.state_lost:
             meta["state_lost"] = True
+        if event.new_names or event.changed_names:
+            meta["names"] = {"new": list(event.new_names), "changed": list(event.changed_names)}
         if event.status == "error":
             cell.metadata["tags"] = ["raises-exception"]
         elif event.status in ("timeout", "died"):

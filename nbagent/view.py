@@ -48,6 +48,8 @@ class StepView:
     usage: ev.Usage | None = None
     note: str = ""
     state_lost: bool = False
+    #: Notebook names the step created or rebound ("new: monthly, fig · changed: df").
+    names: str = ""
     tools: list[ev.ToolCalled] = field(default_factory=list)
     observation: str | None = None
     images: int = 0
@@ -88,6 +90,17 @@ class RunView:
         if self.duration is not None:
             return self.duration
         return max(0.0, (time.time() if now is None else now) - self.started)
+
+
+def names_text(new: tuple[str, ...], changed: tuple[str, ...], limit: int = 8) -> str:
+    """``new: monthly, fig · changed: df`` (at most ``limit`` names per list), or ""."""
+
+    def listed(names: tuple[str, ...]) -> str:
+        more = f" +{len(names) - limit}" if len(names) > limit else ""
+        return ", ".join(names[:limit]) + more
+
+    parts = [f"{k}: {listed(v)}" for k, v in (("new", new), ("changed", changed)) if v]
+    return " · ".join(parts)
 
 
 def strip_code_blocks(text: str) -> str:
@@ -300,6 +313,7 @@ class RunLog:
             view.outputs_final = True
             view.status, view.note, view.state_lost = e.status, e.note, e.state_lost
             view.execution_count, view.duration = e.execution_count, e.duration
+            view.names = names_text(e.new_names, e.changed_names)
             view.rev += 1
             view.out_rev += 1
 

@@ -221,3 +221,61 @@ def test_notebook_interrupt_stops_a_blocking_run(lab: BrowserLab, server: Script
     answer.wait_for(timeout=60_000)
     assert int(answer.inner_text().strip()) < 590  # the agent's kernel loop was interrupted
     page.close()
+
+
+def test_own_kernel_uses_df_leaves_variables_stops_and_makes_cells(
+    lab: BrowserLab, server: ScriptedServer
+) -> None:
+    """The default in JupyterLab: the agent works in the notebook's own kernel."""
+    server.add(
+        py("monthly = df.groupby('month').sales.sum()\nprint('monthly', monthly.to_dict())",
+           "I will sum the notebook's df by month."),
+        py("final_answer(float(monthly.max()))", "The best month."),
+        py(LOOP.replace("print(", "df_scaled = df * i\n    print("), "A long computation."),
+        py("total = float(df.sales.sum())\nfinal_answer(total)", "The total."),
+    )  # fmt: skip
+    name = f"own-{secrets.token_hex(3)}.ipynb"
+    page = start_all(
+        lab,
+        name,
+        [
+            setup_cell(server),
+            "import pandas as pd\n"
+            "df = pd.DataFrame({'month': [1, 1, 2], 'sales': [1.0, 2.0, 4.0]})",
+            "%%agent\nsum sales by month",
+            "print('from the agent:', monthly.to_dict())",
+            "%%agent\nloop for a while",
+            "print('df after stop:', df.shape, df.sales.sum(), 'scaled' , 'df_scaled' in dir())",
+            "%%agent --cells\nthe total of sales",
+        ],
+    )
+    first = cell(page, 2).locator(".nbagent-static")
+    first.locator(".nba-answer-text >> text=4.0").wait_for(timeout=60_000)
+    first.locator("text=new: monthly").first.wait_for()  # what the step left in the notebook
+    first.locator("text=monthly {1: 3.0, 2: 4.0}").first.wait_for()
+    cell(page, 3).locator("text=from the agent: {1: 3.0, 2: 4.0}").wait_for(timeout=30_000)
+    told = next(
+        str(r.messages[1]["content"])
+        for r in server.chat_requests
+        if "sum sales by month" in str(r.messages[1]["content"])
+    )
+    assert "df: DataFrame 3 rows x 2 columns: month (int64), sales (float64)" in told
+    lab.screenshot(page, cell(page, 2), "own-kernel-df.png")
+
+    live = cell(page, 4).locator(".widget-vbox.nbagent")
+    live.locator("text=working 3").first.wait_for(timeout=60_000)
+    live.locator("button:has-text('Stop')").click()
+    stopped = cell(page, 4).locator(".nbagent-static")
+    stopped.locator(".nba-header >> text=stopped").wait_for(timeout=30_000)
+    cell(page, 5).locator("text=df after stop: (3, 2) 7.0 scaled True").wait_for(timeout=30_000)
+    lab.screenshot(page, cell(page, 4), "own-kernel-stopped.png")
+
+    # (not wait_done: the cell --cells adds has never run, so the notebook is never "done")
+    cell(page, 6).locator(".nbagent-static .nba-answer-text >> text=7.0").wait_for(timeout=60_000)
+    added = page.locator(".jp-Notebook .jp-CodeCell").nth(7)
+    added.locator(".jp-InputArea-editor >> text=total = float(df.sales.sum())").wait_for(
+        timeout=30_000
+    )
+    assert "# %agent: the total of sales" in added.locator(".jp-InputArea-editor").inner_text()
+    lab.screenshot(page, added, "own-kernel-cells.png")
+    page.close()

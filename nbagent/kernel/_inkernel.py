@@ -252,6 +252,17 @@ def _ask_exit():
     raise SystemExit("exit() is disabled here: nbagent keeps this kernel running")
 
 
+def _ask_exit_off_main(ask_exit):
+    """In the notebook's own kernel: the user's exit() (main thread) works as before."""
+
+    def ask(*args, **kwargs):
+        if threading.current_thread() is threading.main_thread():
+            return ask_exit(*args, **kwargs)
+        return _ask_exit()
+
+    return ask
+
+
 def _install(config):
     """Harden the shell and bound sys.stdout/sys.stderr per cell (idempotent)."""
     ip = _shell()
@@ -264,7 +275,7 @@ def _install(config):
     if kernel is not None and hasattr(getattr(kernel, "session", None), "pack"):
         _guard_session(kernel.session)
     # exit()/quit() would stop the kernel after the reply; make them a SystemExit instead.
-    ip.ask_exit = _ask_exit
+    ip.ask_exit = _ask_exit if not config.get("main_exit") else _ask_exit_off_main(ip.ask_exit)
     if not getattr(ip, "custom_exceptions", ()):  # the user's own handler wins
         ip.set_custom_exc((RecursionError,), _bounded_traceback)
     if head <= 0:
@@ -416,3 +427,76 @@ def _push(text):
 def _caps():
     found = {m: importlib.util.find_spec(m) is not None for m in ("numpy", "pandas", "pyarrow")}
     return _Bundle({"python": list(sys.version_info[:3]), "modules": found})
+
+
+# -- the notebook's own kernel (a subshell of it runs the agent's code) -------------------------
+
+_snapshot: dict = {}
+
+
+def _public(ns):
+    """The user's own names: no private names, no modules, not IPython's In/Out/exit/quit."""
+    skip = ("In", "Out", "exit", "quit", "get_ipython", "final_answer")
+    return {
+        k: v
+        for k, v in ns.items()
+        if not k.startswith("_") and k not in skip and type(v).__name__ != "module"
+    }
+
+
+def _snap():
+    """Remember which object every user name is bound to (before an agent step)."""
+    ip = _shell()
+    _snapshot.clear()
+    _snapshot.update(_public(ip.user_ns if ip is not None else {}))
+
+
+def _changes():
+    """Names the step created or rebound since :func:`_snap` (in-place changes are not seen)."""
+    ip = _shell()
+    now = _public(ip.user_ns if ip is not None else {})
+    new = sorted(k for k in now if k not in _snapshot)
+    changed = sorted(k for k in now if k in _snapshot and now[k] is not _snapshot[k])
+    _snapshot.clear()
+    return _Bundle({"new": new, "changed": changed})
+
+
+def _cell_frame(tid, run_code):
+    """The frame of the cell that thread ``tid`` runs now (the one ``run_code`` exec'ed)."""
+    frame = sys._current_frames().get(tid)
+    above = None
+    while frame is not None:
+        if frame.f_code is run_code:
+            return above
+        above = frame
+        frame = frame.f_back
+    return None
+
+
+def _stop(tid, wait):
+    """Stop the cell that thread ``tid`` runs with a KeyboardInterrupt raised in that thread.
+
+    Returns "idle" (no cell was running), "stopped", or "stuck": the thread is still in the
+    same cell after ``wait`` seconds (inside a C call, which an asynchronous exception only
+    reaches when it returns). The exception is raised again every half second, for code that
+    swallows it, but only while the same cell runs: a later cell is never hit.
+    """
+    import ctypes
+    import time
+
+    ip = _shell()
+    run_code = type(ip).run_code.__code__
+    target = _cell_frame(tid, run_code)
+    if target is None:
+        return "idle"
+    deadline = time.monotonic() + wait
+    set_exc = ctypes.pythonapi.PyThreadState_SetAsyncExc
+    while True:
+        set_exc(ctypes.c_ulong(tid), ctypes.py_object(KeyboardInterrupt))
+        until = min(deadline, time.monotonic() + 0.5)
+        while time.monotonic() < until:
+            time.sleep(0.01)
+            if _cell_frame(tid, run_code) is not target:
+                return "stopped"
+        if time.monotonic() >= deadline:
+            return "stuck"

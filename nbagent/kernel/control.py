@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import zmq
@@ -23,12 +24,13 @@ from jupyter_client.session import Session
 
 from nbagent.errors import KernelError
 
-__all__ = ["create_subshell"]
+__all__ = ["channel_url", "create_subshell"]
 
 
-def _control_url(info: dict[str, Any]) -> str:
+def channel_url(info: Mapping[str, Any], port_key: str = "control_port") -> str:
+    """The zmq URL of one channel (``shell_port``, ...) from a connection file's contents."""
     transport = info.get("transport", "tcp")
-    ip, port = info["ip"], info["control_port"]
+    ip, port = info["ip"], info[port_key]
     return f"{transport}://{ip}:{port}" if transport == "tcp" else f"{transport}://{ip}-{port}"
 
 
@@ -42,7 +44,7 @@ def create_subshell(connection_file: str | os.PathLike[str], timeout: float = 5.
     try:
         with open(connection_file, encoding="utf-8") as fh:
             info = json.load(fh)
-        url = _control_url(info)
+        url = channel_url(info)
     except (OSError, ValueError, KeyError) as exc:
         raise KernelError(f"cannot read the kernel connection file: {exc}") from None
     session = Session(

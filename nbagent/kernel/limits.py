@@ -182,6 +182,11 @@ class ResourceLimits:
         through its own launcher (``backend=None``) can be bounded; a gateway's kernels are
         bounded by the gateway (e.g. Enterprise Gateway's container or pod limits).
         """
+        if self and getattr(backend, "shared_kernel", False):
+            raise ConfigError(
+                f"resource limits ({self.describe()}) apply only to a separate kernel nbagent "
+                "starts (--isolated), not to the notebook's own kernel"
+            )
         if self and backend is not None:
             raise ConfigError(
                 f"resource limits ({self.describe()}) apply only to local kernels nbagent "

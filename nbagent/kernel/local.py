@@ -59,6 +59,7 @@ from nbagent.errors import ConfigError, KernelStartupError
 from nbagent.kernel import _reaper
 from nbagent.kernel._limits import pid_alive
 from nbagent.kernel.base import Channel, KernelMessage, drain
+from nbagent.kernel.control import channel_url
 from nbagent.kernel.limits import ResourceLimits, with_host_watcher
 from nbagent.kernel.specs import OneSpec, command_spec, find_kernelspec, spec_env
 from nbagent.text import has_surrogate_escape, safe_obj
@@ -324,7 +325,7 @@ class LocalBackend:
                 sock.setsockopt(zmq.IDENTITY, self._session.bsession)
             if channel == "stdin":
                 self._stdin_monitor = sock.get_monitor_socket(_HANDSHAKE)
-            sock.connect(f"ipc://{info['ip']}-{info[port_key]}")
+            sock.connect(channel_url(info, port_key))
             self._sockets[channel] = sock  # type: ignore[index]
             self._readers.append(asyncio.ensure_future(self._read(channel, sock)))  # type: ignore[arg-type]
 

@@ -232,8 +232,7 @@ class KernelSession:
 
     async def _setup(self) -> None:
         """Install the kernel-side helper and run the user's startup code."""
-        head = self.limits.max_chars // 2
-        cfg = {"head": head, "tail": max(0, self.limits.max_chars - head - 200)}
+        cfg = self._helper_config()
         src = (Path(__file__).with_name("_inkernel.py")).read_text(encoding="utf-8")
         reply = await self._internal(
             _BOOT.format(src=src, cfg=cfg),
@@ -252,6 +251,11 @@ class KernelSession:
             await upload_files(
                 self.data, lambda code, ue: self._internal(code, CHUNK_TIMEOUT, user_expressions=ue)
             )
+
+    def _helper_config(self) -> dict[str, int]:
+        """Per-cell stream bounds the kernel-side helper applies (head and tail characters)."""
+        head = self.limits.max_chars // 2
+        return {"head": head, "tail": max(0, self.limits.max_chars - head - 200)}
 
     async def _restart(self) -> bool:
         """Restart and re-run setup; on failure remember why and return False."""

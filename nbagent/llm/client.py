@@ -17,9 +17,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import re
+import ssl
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
@@ -42,7 +44,15 @@ from nbagent.llm.secrets import Redactor, one_line
 from nbagent.llm.sse import ServerSentEvent, aiter_sse
 from nbagent.text import PieceJoiner, safe_obj, safe_text
 
-__all__ = ["HTTPChatModel", "StreamBroken", "StreamParser", "error_text", "str_field"]
+__all__ = [
+    "HTTPChatModel",
+    "StreamBroken",
+    "StreamParser",
+    "default_ssl_context",
+    "error_text",
+    "str_field",
+    "warm_up",
+]
 
 log = logging.getLogger("nbagent.llm")
 
@@ -56,6 +66,22 @@ _HINTS = {
     403: "check the API key and its permissions",
     404: "check the model name and the base URL",
 }
+
+
+@functools.lru_cache(maxsize=1)
+def default_ssl_context() -> ssl.SSLContext:
+    """The verified SSL context every client of this process shares: building one reads the
+    CA bundle (50–150 ms), which a new client would otherwise pay before its first request."""
+    return httpx.create_ssl_context()
+
+
+def warm_up() -> None:
+    """Pay now what a process's first request pays (the SSL context; httpcore's async backend,
+    imported on first connect, ~0.1 s): for a caller that knows a first request is coming."""
+    import anyio
+
+    default_ssl_context()
+    asyncio.run(anyio.sleep(0))
 
 
 class StreamBroken(Exception):
@@ -266,6 +292,7 @@ class HTTPChatModel:
         if self._client is None or self._client.is_closed or self._client_loop is not loop:
             timeout = httpx.Timeout(self.config.read_timeout, connect=self.config.connect_timeout)
             self._client = httpx.AsyncClient(
+                verify=default_ssl_context(),
                 timeout=timeout,
                 follow_redirects=False,
                 headers={"user-agent": f"nbagent (python-httpx/{httpx.__version__})"},
