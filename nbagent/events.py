@@ -293,6 +293,7 @@ class RunFinished(Event):
 AnyEvent: TypeAlias = (
     RunStarted
     | KernelStatus
+    | NotebookCells
     | InputsPushed
     | StepStarted
     | TextDelta

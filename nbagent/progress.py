@@ -22,6 +22,7 @@ from nbagent.events import (
     KernelStatus,
     ModelReplied,
     ModelRetry,
+    NotebookCells,
     Notice,
     Observation,
     PlanMade,
@@ -119,8 +120,8 @@ class Progress:
                 self._line(self._c(color, event.message))
             case RunFinished():
                 self._finish(event)
-            case InputsPushed() | CellOutput() | CellCleared() | Observation():
-                pass  # the step's status line says enough
+            case InputsPushed() | CellOutput() | CellCleared() | Observation() | NotebookCells():
+                pass  # the step's status line says enough; the notebook's cells are the user's
             case _:
                 unhandled(event)
 

@@ -439,8 +439,11 @@ class TextRenderer:
                 return self._KernelStatus(event)
             case ev.RunFinished():
                 return self._RunFinished(event)
-            case ev.TextDelta() | ev.ModelRetry() | ev.InputsPushed() | ev.Observation():
-                return ""  # the reply is shown whole; retries come as notices
+            case (
+                ev.TextDelta() | ev.ModelRetry() | ev.InputsPushed() | ev.Observation()
+                | ev.NotebookCells()
+            ):  # fmt: skip
+                return ""  # the reply is shown whole; retries come as notices; cells are the user's
             case _:
                 ev.unhandled(event)
 

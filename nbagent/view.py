@@ -185,7 +185,7 @@ class RunLog:
                 self._on_ToolCalled(event)
             case ev.Observation():
                 self._on_Observation(event)
-            case ev.InputsPushed() | ev.ModelRetry():
+            case ev.InputsPushed() | ev.ModelRetry() | ev.NotebookCells():
                 pass  # shown by the notices and the transcript, not by the step views
             case _:
                 ev.unhandled(event)

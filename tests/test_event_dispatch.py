@@ -36,6 +36,7 @@ def every_event() -> list[ev.Event]:
     code = "print('hi')\nfinal_answer(42)"
     events: list[ev.Event] = [
         ev.RunStarted(run_id="r1", task="Say hi.", model="openai:m", turn=1, prompt="Say hi."),
+        ev.NotebookCells(sources=("df = load()",), names=("df",)),
         ev.KernelStatus(status="starting"),
         ev.InputsPushed(names=("x",), payload='{"x": {"kind": "json", "data": "1"}}'),
         ev.StepStarted(step=1),
