@@ -46,6 +46,7 @@ from nbagent.prompts import follow_up, system_prompt, task_message
 from nbagent.steps import Approver, Decision, Finish, StepRunner
 from nbagent.toolhost import ToolHost
 from nbagent.tools import Tool, check_tools, describe_tools
+from nbagent.workfiles import WorkdirWatch
 
 if TYPE_CHECKING:  # nbformat costs up to seconds to import (jsonschema): load it when used
     from nbagent.kernel.gateway import Gateway
@@ -207,6 +208,11 @@ class Agent:
         self._stop_reason: str | None = None
         self._pending = ""
         self._context = describe_data(files)
+        #: What the model is told about its files: a listing in the first message, then what
+        #: each step changed (None when the kernel's folder is not on this machine).
+        self.files: WorkdirWatch | None = None
+        if not (self.kernel_options.get("backend") or self.kernel_options.get("gateway")):
+            self.files = WorkdirWatch(self.workdir, first=(f.target.split("/")[0] for f in files))
 
     # -- listeners and lifecycle -------------------------------------------------------------
 
@@ -526,10 +532,12 @@ class Agent:
 
     def _add_task_message(self, task: str) -> str:
         """Append the user message that starts a run; return its text."""
+        files = self.files.intro() if self.files is not None else ""
+        context = "\n\n".join(x for x in (files, self._context.strip()) if x)
         if self.turns == 1 and len(self.messages) == 1:
-            text = task_message(task, self._context)
+            text = task_message(task, context)
         else:
-            text = follow_up(task, self._pending, self._context)
+            text = follow_up(task, self._pending, context)
             self._pending = ""
             if self.messages[-1].role == "user":
                 # The last run ended on an observation the model never answered: fold it in, so

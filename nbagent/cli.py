@@ -5,8 +5,11 @@ composes in shell pipelines. Exit codes: 0 answered, 1 the agent failed or stopp
 2 usage or configuration error, 130 interrupted (Ctrl-C: the kernel is interrupted and shut
 down, what exists is saved).
 
-A run works in a fresh run directory, ``./nbagent-runs/<time>-<id>/`` (printed on stderr), with
-the ``--data`` files copied in; ``--workdir DIR`` works in DIR instead. ``--approve`` asks
+A run works in the current directory, as the Python API and ``%agent`` do, so the user's files
+are where the model looks (``--data`` files from elsewhere are copied in); ``--workdir DIR``
+works in DIR; ``--isolate`` works in a fresh run directory, ``./nbagent-runs/<time>-<id>/``,
+with the ``--data`` files copied in, so generated code only touches copies. The working
+directory is printed once on stderr. ``--approve`` asks
 before each cell (:mod:`nbagent.approval`); ``--max-memory`` and friends bound the kernel
 (:mod:`nbagent.kernel.limits`). docs/security.md says what each of these does and does not stop.
 With ``--gateway URL`` (or ``$JUPYTER_GATEWAY_URL``) the kernel runs on a Jupyter Kernel Gateway
@@ -121,11 +124,17 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="pass this environment variable to the kernel although it looks secret",
     )
-    p.add_argument(
+    where = p.add_mutually_exclusive_group()
+    where.add_argument(
         "--workdir",
         metavar="DIR",
-        help="work in DIR as it is (e.g. '.') instead of a fresh run directory "
-        "./nbagent-runs/<time>-<id>/",
+        help="work in DIR as it is (default: the current directory)",
+    )
+    where.add_argument(
+        "--isolate",
+        action="store_true",
+        help="work in a fresh run directory ./nbagent-runs/<time>-<id>/ holding copies of the "
+        "--data files, so the code cannot change the originals",
     )
     p.add_argument(
         "--data",
@@ -356,12 +365,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
     transcript = Transcript(args.output) if args.output and not args.resume else None
     gateway = _gateway(args)
     base = args.workdir
-    if args.resume and base is None:
+    if args.resume and base is None and not args.isolate:
         base = _resumed_workdir(args.resume)
-    if gateway is None:
-        workdir, fresh = prepare_run_dir(base, args.data), base is None
-    else:  # the kernel works on the gateway: no local run directory, the data is uploaded
-        workdir, fresh = Path(base or "."), False
+    if args.isolate and gateway is not None:
+        raise ConfigError("--isolate is for a local kernel; a gateway's kernel works on the gateway")
+    fresh = bool(args.isolate)
+    if gateway is not None:  # the kernel works on the gateway: the data is uploaded
+        workdir = Path(base or ".")
+    else:
+        workdir = prepare_run_dir(None if fresh else (base or "."), args.data)
     try:
         agent = Agent(
             args.model,
@@ -387,6 +399,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if fresh:
             shutil.rmtree(workdir, ignore_errors=True)
         raise
+    if agent.files is not None:  # the --data files are listed first
+        agent.files.first = tuple(Path(d).expanduser().resolve().name for d in args.data)
     if gateway is not None and not args.quiet:
         print(f"nbagent: the kernel runs on the gateway at {gateway.url}", file=sys.stderr)
     elif fresh or not args.quiet:
