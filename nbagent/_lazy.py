@@ -1,0 +1,52 @@
+"""Modules loaded when first used, or in the background while the model answers.
+
+Some dependencies cost far more to import than a run needs before its first model request:
+``nbformat`` imports ``jsonschema``, whose format checkers compile the ``rfc3987-syntax``
+grammars with lark (0.3 s to several seconds wherever JupyterLab is installed). A module bound
+with :func:`lazy` is imported on its first attribute access; :func:`preload` imports it in a
+daemon thread now, so the first access later finds it ready. Python's per-module import locks
+make the two safe together: an access during the background import waits for it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import threading
+import types
+from typing import Any
+
+__all__ = ["lazy", "preload"]
+
+_started: set[str] = set()
+_lock = threading.Lock()
+
+
+class _LazyModule(types.ModuleType):
+    """Stands for a module; the first attribute looked up imports the real one."""
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(importlib.import_module(self.__name__), attr)
+
+
+def lazy(name: str) -> Any:
+    """The module ``name`` if it is already imported, else a stand-in that imports it when an
+    attribute is first read."""
+    return sys.modules.get(name) or _LazyModule(name)
+
+
+def _load(names: tuple[str, ...]) -> None:
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except Exception:  # the foreground import will raise it where it matters
+            return
+
+
+def preload(*names: str) -> None:
+    """Import ``names`` in a daemon thread, once per name (no-op for imported ones)."""
+    with _lock:
+        todo = tuple(n for n in names if n not in sys.modules and n not in _started)
+        _started.update(todo)
+    if todo:
+        threading.Thread(target=_load, args=(todo,), name="nbagent-preload", daemon=True).start()
