@@ -16,7 +16,7 @@ import threading
 import types
 from typing import Any
 
-__all__ = ["lazy", "preload"]
+__all__ = ["httpx_without_cli", "lazy", "preload"]
 
 _started: set[str] = set()
 _lock = threading.Lock()
@@ -50,3 +50,34 @@ def preload(*names: str) -> None:
         _started.update(todo)
     if todo:
         threading.Thread(target=_load, args=(todo,), name="nbagent-preload", daemon=True).start()
+
+
+class _DeferredCLI(types.ModuleType):
+    """Stands for ``httpx._main`` until something reads from it; then it is the real one."""
+
+    def __getattr__(self, attr: str) -> Any:
+        if attr == "__path__":  # the import system probing, not a use
+            raise AttributeError(attr)
+        if sys.modules.get(self.__name__) is self:
+            del sys.modules[self.__name__]
+        return getattr(importlib.import_module(self.__name__), attr)
+
+
+def httpx_without_cli() -> None:
+    """Let ``import httpx`` skip its command-line tool.
+
+    ``httpx/__init__`` imports ``httpx._main`` (click, rich and pygments: 30-100 ms) only to
+    export ``httpx.main``; nbagent never calls it. A stand-in module takes its place in
+    ``sys.modules`` until an attribute is read from it, when the real one is imported: ``httpx.main``
+    and ``from httpx._main import …`` keep working, in the user's kernel too.
+    """
+    name = "httpx._main"
+    if "httpx" in sys.modules or name in sys.modules:
+        return
+    stub = _DeferredCLI(name)
+
+    def main(*args: Any, **kwargs: Any) -> Any:
+        return stub.__getattr__("main")(*args, **kwargs)
+
+    stub.__dict__["main"] = main  # what httpx/__init__ imports; the real one when called
+    sys.modules[name] = stub

@@ -104,6 +104,10 @@ def _add_gateway_options(p: argparse.ArgumentParser) -> None:
 
 
 def _gateway(args: argparse.Namespace) -> Gateway | None:
+    import os
+
+    if not (args.gateway or args.kernel_name or os.environ.get("JUPYTER_GATEWAY_URL")):
+        return None  # no gateway: its modules (websockets) stay unloaded
     from nbagent.kernel.gateway import Gateway
 
     return Gateway.from_env(args.gateway, kernel_name=args.kernel_name)
@@ -343,7 +347,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
     import shutil
 
     from nbagent.agent import Agent
-    from nbagent.approval import TerminalApprover
     from nbagent.kernel.limits import ResourceLimits
     from nbagent.progress import Progress
     from nbagent.rundir import prepare_run_dir
@@ -361,7 +364,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
         open_files=args.max_open_files,
         file_size=args.max_file_size,
     )
-    approver = TerminalApprover(timeout=args.approve_timeout) if args.approve else None
+    approver = None
+    if args.approve:
+        from nbagent.approval import TerminalApprover
+
+        approver = TerminalApprover(timeout=args.approve_timeout)
     transcript = Transcript(args.output) if args.output and not args.resume else None
     gateway = _gateway(args)
     base = args.workdir

@@ -23,7 +23,10 @@ from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
-import httpx
+from nbagent._lazy import httpx_without_cli
+
+httpx_without_cli()  # before httpx loads: its CLI costs more than the rest of it
+import httpx  # noqa: E402
 
 from nbagent.errors import (
     AuthenticationError,
