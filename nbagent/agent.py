@@ -273,6 +273,13 @@ class Agent:
             await self._kernel.ashutdown()
         await self.model.aclose()
 
+    def close(self) -> None:
+        """Blocking :meth:`aclose`: shut the kernel down and close the model's connections, for
+        an Agent made without ``with``. Safe to call twice."""
+        if self._loop is not None and self._loop is not _sync.get_loop():
+            raise ConfigError("this Agent runs on your event loop: await agent.aclose() instead")
+        _sync.run_sync(self.aclose())
+
     async def __aenter__(self) -> Agent:
         self._bind_loop()
         self._ensure_kernel()

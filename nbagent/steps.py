@@ -199,7 +199,10 @@ class StepRunner:
 
     def _observe(self, cell: CellFinished, *, edited: bool = False) -> None:
         agent = self.agent
-        parts = observe(cell, vision=agent.vision, limit=agent.observation_limit)
+        workdir = agent.files.root if agent.files is not None else None
+        parts = observe(
+            cell, vision=agent.vision, limit=agent.observation_limit, workdir=workdir
+        )
         text = parts.text
         changed = agent.files.changed() if agent.files is not None else ""
         if changed:
