@@ -68,8 +68,8 @@ def httpx_without_cli() -> None:
 
     ``httpx/__init__`` imports ``httpx._main`` (click, rich and pygments: 30-100 ms) only to
     export ``httpx.main``; nbagent never calls it. A stand-in module takes its place in
-    ``sys.modules`` until an attribute is read from it, when the real one is imported: ``httpx.main``
-    and ``from httpx._main import …`` keep working, in the user's kernel too.
+    ``sys.modules`` until an attribute is read from it, when the real one is imported:
+    ``httpx.main`` and ``from httpx._main import …`` keep working, in the user's kernel too.
     """
     name = "httpx._main"
     if "httpx" in sys.modules or name in sys.modules:

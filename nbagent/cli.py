@@ -375,7 +375,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.resume and base is None and not args.isolate:
         base = _resumed_workdir(args.resume)
     if args.isolate and gateway is not None:
-        raise ConfigError("--isolate is for a local kernel; a gateway's kernel works on the gateway")
+        raise ConfigError(
+            "--isolate is for a local kernel; a gateway's kernel works on the gateway"
+        )
     fresh = bool(args.isolate)
     if gateway is not None:  # the kernel works on the gateway: the data is uploaded
         workdir = Path(base or ".")

@@ -200,9 +200,7 @@ class StepRunner:
     def _observe(self, cell: CellFinished, *, edited: bool = False) -> None:
         agent = self.agent
         workdir = agent.files.root if agent.files is not None else None
-        parts = observe(
-            cell, vision=agent.vision, limit=agent.observation_limit, workdir=workdir
-        )
+        parts = observe(cell, vision=agent.vision, limit=agent.observation_limit, workdir=workdir)
         text = parts.text
         changed = agent.files.changed() if agent.files is not None else ""
         if changed:

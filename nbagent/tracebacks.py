@@ -81,9 +81,9 @@ def fold(entries: Iterable[str], workdir: str | None = None) -> list[str]:
         if run:
             out.append(_folded(run))
             run = []
-        if i == len(items) - 1 and frame is None and not _CELL_FRAME.match(first):
-            if "\n" not in entry.strip():  # the exception line itself
-                continue
+        last = i == len(items) - 1 and frame is None and not _CELL_FRAME.match(first)
+        if last and "\n" not in entry.strip():  # the exception line itself
+            continue
         out.append(entry.rstrip("\n"))
     if run:
         out.append(_folded(run))

@@ -223,7 +223,9 @@ def describe(
             if (child := _entry(sub, f"{item.name}/{sub.name}")) is not None
         ]
         if count > PER_FOLDER:
-            block.append((f"    … and {count - PER_FOLDER:,} more in {item.name}/", count - PER_FOLDER))
+            block.append(
+                (f"    … and {count - PER_FOLDER:,} more in {item.name}/", count - PER_FOLDER)
+            )
         for text, stands_for in block:
             if len(lines) >= max_entries or used + len(text) + 1 > max_chars - 24:
                 full = True

@@ -16,6 +16,7 @@ from tests.llm_fixtures import ScriptedServer
 
 ROOT = Path(__file__).resolve().parent.parent
 FAKE_KEY = "sk-test-cli-0123456789abcdefghijkl"
+ISO = ("--isolate", "t")
 
 
 def py(code: str, text: str = "Next.") -> str:
@@ -123,8 +124,7 @@ def test_no_answer_in_time_skips(scripted_openai: ScriptedServer, tmp_path: Path
     silent, held_open = os.pipe()  # stdin stays open and silent: only the timeout answers
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "nbagent", "run", "--approve", "--approve-timeout", "1"]
-            + ["--isolate", "t"],
+            [sys.executable, "-m", "nbagent", "run", "--approve", "--approve-timeout", "1", *ISO],
             cwd=tmp_path,
             env=full_env,
             stdin=silent,

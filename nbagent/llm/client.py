@@ -23,11 +23,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
-from nbagent._lazy import httpx_without_cli
-
-httpx_without_cli()  # before httpx loads: its CLI costs more than the rest of it
-import httpx  # noqa: E402
-
+from nbagent._httpx import httpx
 from nbagent.errors import (
     AuthenticationError,
     ModelConnectionError,
