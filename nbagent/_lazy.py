@@ -16,10 +16,12 @@ import threading
 import types
 from typing import Any
 
-__all__ = ["httpx_without_cli", "lazy", "preload"]
+__all__ = ["after_request", "httpx_without_cli", "lazy", "preload", "request_sent", "waiting"]
 
 _started: set[str] = set()
 _lock = threading.Lock()
+#: Modules to preload once the process's first model request is written (None: it was).
+_waiting: list[str] | None = []
 
 
 class _LazyModule(types.ModuleType):
@@ -50,6 +52,34 @@ def preload(*names: str) -> None:
         _started.update(todo)
     if todo:
         threading.Thread(target=_load, args=(todo,), name="nbagent-preload", daemon=True).start()
+
+
+def after_request(*names: str) -> None:
+    """Preload ``names`` once the first model request has been written (now, if it has).
+
+    A background import holds the GIL most of the time it runs; started earlier, it would
+    slow the work that leads to the request as much as it saves later.
+    """
+    global _waiting
+    with _lock:
+        if _waiting is not None:
+            _waiting.extend(names)
+            return
+    preload(*names)
+
+
+def request_sent() -> None:
+    """The model client's signal: a request has been written. Starts the waiting preloads."""
+    global _waiting
+    with _lock:
+        names, _waiting = _waiting, None
+    if names:
+        preload(*names)
+
+
+def waiting() -> bool:
+    """True until the first model request of the process has been written."""
+    return _waiting is not None
 
 
 class _DeferredCLI(types.ModuleType):

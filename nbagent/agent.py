@@ -37,10 +37,10 @@ from nbagent.events import (
     Usage,
 )
 from nbagent.kernel.limits import ResourceLimits
-from nbagent.kernel.session import KernelSession
 from nbagent.kernel.upload import DataFile, collect_data, describe_data
 from nbagent.llm import make_model
 from nbagent.llm.base import ChatModel, Message
+from nbagent.llm.client import HTTPChatModel
 from nbagent.prelude import PRELUDE
 from nbagent.prompts import follow_up, system_prompt, task_message
 from nbagent.steps import Approver, Decision, Finish, StepRunner
@@ -50,6 +50,7 @@ from nbagent.workfiles import WorkdirWatch
 
 if TYPE_CHECKING:  # nbformat costs up to seconds to import (jsonschema): load it when used
     from nbagent.kernel.gateway import Gateway
+    from nbagent.kernel.session import KernelSession  # jupyter_client, zmq: after the request
     from nbagent.transcript import Transcript
 
 __all__ = ["Agent", "Decision", "RunResult"]
@@ -213,6 +214,12 @@ class Agent:
         self.files: WorkdirWatch | None = None
         if not (self.kernel_options.get("backend") or self.kernel_options.get("gateway")):
             self.files = WorkdirWatch(self.workdir, first=(f.target.split("/")[0] for f in files))
+        # The kernel's imports and launch wait (≤ 0.5 s) until the first model request is
+        # written, so the request leaves first; the kernel still starts during the reply.
+        self._gate: asyncio.Event | None = None
+        if isinstance(self.model, HTTPChatModel):
+            self._gate = asyncio.Event()
+            self.model.on_sent = self._open_gate
 
     # -- listeners and lifecycle -------------------------------------------------------------
 
@@ -236,23 +243,40 @@ class Agent:
                 "arun()/`async with`, not both"
             )
 
-    def _ensure_kernel(self) -> asyncio.Task[None]:
+    def _ensure_kernel(self, *, after_request: bool = False) -> asyncio.Task[None]:
+        """The kernel's start, begun if need be; ``after_request``: it may wait for the first
+        model request to be written (anything else that needs the kernel opens the gate)."""
+        if not after_request:
+            self._open_gate()
         start = self._kernel_start
         if start is not None and start.done() and start.exception() is not None:
             start = None  # the last start failed: try again
         if start is None:
-            options = {"cwd": self.workdir, "env_passthrough": self.env, **self.kernel_options}
-            gateway = options.pop("gateway", None)
-            if gateway is not None:  # a backend per session; named variables go along
-                forward = (*self.env, *(options.get("extra_env") or {}))
-                options["backend"] = gateway.backend(forward_env=forward)
-            prelude = PRELUDE + (self.tool_host.prelude() if self.tool_host else "")
-            self._kernel = KernelSession(startup_code=prelude, **options)
-            start = asyncio.ensure_future(self._kernel.astart())
+            start = asyncio.ensure_future(self._start_kernel())
             # Retrieve a failure even if no step ever awaits it (a run answered without code).
             start.add_done_callback(lambda t: t.cancelled() or t.exception())
             self._kernel_start = start
         return start
+
+    def _open_gate(self) -> None:
+        if self._gate is not None:
+            self._gate.set()
+
+    async def _start_kernel(self) -> None:
+        gate = self._gate
+        if gate is not None and not gate.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(gate.wait(), 0.5)
+        from nbagent.kernel.session import KernelSession
+
+        options = {"cwd": self.workdir, "env_passthrough": self.env, **self.kernel_options}
+        gateway = options.pop("gateway", None)
+        if gateway is not None:  # a backend per session; named variables go along
+            forward = (*self.env, *(options.get("extra_env") or {}))
+            options["backend"] = gateway.backend(forward_env=forward)
+        prelude = PRELUDE + (self.tool_host.prelude() if self.tool_host else "")
+        self._kernel = KernelSession(startup_code=prelude, **options)
+        await self._kernel.astart()
 
     async def astart(self) -> None:
         """Start the kernel now rather than with the first run (its start overlaps the model's
@@ -267,6 +291,8 @@ class Agent:
             with contextlib.suppress(BaseException):
                 await self._producer
         if self._kernel_start is not None:
+            if self._kernel is None:  # still waiting to begin: nothing to wait for
+                self._kernel_start.cancel()
             with contextlib.suppress(BaseException):
                 await self._kernel_start
         if self._kernel is not None:
@@ -282,7 +308,7 @@ class Agent:
 
     async def __aenter__(self) -> Agent:
         self._bind_loop()
-        self._ensure_kernel()
+        self._ensure_kernel(after_request=True)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -502,7 +528,7 @@ class Agent:
         runner = StepRunner(
             self,
             emit,
-            kernel_start=self._ensure_kernel(),
+            kernel_start=self._ensure_kernel(after_request=True),
             deadline=t0 + self.time_limit if self.time_limit else None,
         )
         error: BaseException | None = None

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nbagent import __version__
-from nbagent._lazy import lazy, preload
+from nbagent._lazy import after_request, lazy
 from nbagent.errors import TranscriptError
 from nbagent.events import (
     CellFinished,
@@ -167,8 +167,8 @@ class Transcript:
         if self._nb is None:
             if isinstance(event, _EARLY):
                 self._backlog.append(event)
-                if isinstance(event, StepStarted):  # the request goes out: load meanwhile
-                    preload("nbformat")
+                if isinstance(event, StepStarted):  # load while the model answers
+                    after_request("nbformat")
                 return
             _ = self.nb  # builds the notebook, handles the backlog first
         self._handle(event)

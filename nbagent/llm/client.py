@@ -19,10 +19,11 @@ import contextlib
 import json
 import logging
 import re
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
+from nbagent import _lazy
 from nbagent._httpx import httpx
 from nbagent.errors import (
     AuthenticationError,
@@ -145,6 +146,9 @@ class HTTPChatModel:
         self._client: httpx.AsyncClient | None = None
         self._client_loop: asyncio.AbstractEventLoop | None = None
         self._total = Usage()
+        #: Called (in the event loop) each time a request's body has been written: the agent
+        #: starts its kernel's heavier work only once the first request is on its way.
+        self.on_sent: Callable[[], None] | None = None
 
     # -- provider hooks ------------------------------------------------------------------
 
@@ -258,6 +262,16 @@ class HTTPChatModel:
 
     # -- internals -----------------------------------------------------------------------
 
+    def _tracing(self) -> bool:
+        return self.on_sent is not None or _lazy.waiting()
+
+    async def _trace(self, name: str, info: dict[str, Any]) -> None:
+        """httpcore's trace hook: report the request written (or the attempt failed)."""
+        if name.endswith(("send_request_body.complete", ".failed")):
+            _lazy.request_sent()
+            if self.on_sent is not None:
+                self.on_sent()
+
     def _get_client(self) -> httpx.AsyncClient:
         loop = _running_loop()
         if self._client is None or self._client.is_closed or self._client_loop is not loop:
@@ -287,7 +301,11 @@ class HTTPChatModel:
         log.debug("%s", self._redact(f"{self.provider}: POST {self.url} (model {self.name})"))
         try:
             async with client.stream(
-                "POST", self.url, json=body, headers=self._headers(stream)
+                "POST",
+                self.url,
+                json=body,
+                headers=self._headers(stream),
+                extensions={"trace": self._trace} if self._tracing() else None,
             ) as resp:
                 if not 200 <= resp.status_code < 300:
                     raw = await _read_capped(resp, _ERROR_BODY_LIMIT)
