@@ -209,17 +209,16 @@ class Agent:
         self._stop_reason: str | None = None
         self._pending = ""
         self._context = describe_data(files)
-        #: What the model is told about its files: a listing in the first message, then what
-        #: each step changed (None when the kernel's folder is not on this machine).
-        self.files: WorkdirWatch | None = None
-        if not (self.kernel_options.get("backend") or self.kernel_options.get("gateway")):
-            self.files = WorkdirWatch(self.workdir, first=(f.target.split("/")[0] for f in files))
-        # The kernel's imports and launch wait (≤ 0.5 s) until the first model request is
-        # written, so the request leaves first; the kernel still starts during the reply.
-        self._gate: asyncio.Event | None = None
+        #: The files the model is told of (None: the kernel's folder is not on this machine).
+        remote = self.kernel_options.get("backend") or self.kernel_options.get("gateway")
+        self.files = None if remote else WorkdirWatch(self.workdir, [f.target for f in files])
+        # The kernel's imports and launch wait (≤ 0.5 s) for the first model request to be
+        # written, so it leaves first; the kernel still starts during the reply.
+        self._gate = asyncio.Event()
         if isinstance(self.model, HTTPChatModel):
-            self._gate = asyncio.Event()
-            self.model.on_sent = self._open_gate
+            self.model.on_sent = self._gate.set
+        else:
+            self._gate.set()
 
     # -- listeners and lifecycle -------------------------------------------------------------
 
@@ -247,7 +246,7 @@ class Agent:
         """The kernel's start, begun if need be; ``after_request``: it may wait for the first
         model request to be written (anything else that needs the kernel opens the gate)."""
         if not after_request:
-            self._open_gate()
+            self._gate.set()
         start = self._kernel_start
         if start is not None and start.done() and start.exception() is not None:
             start = None  # the last start failed: try again
@@ -258,15 +257,10 @@ class Agent:
             self._kernel_start = start
         return start
 
-    def _open_gate(self) -> None:
-        if self._gate is not None:
-            self._gate.set()
-
     async def _start_kernel(self) -> None:
-        gate = self._gate
-        if gate is not None and not gate.is_set():
+        if not self._gate.is_set():
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(gate.wait(), 0.5)
+                await asyncio.wait_for(self._gate.wait(), 0.5)
         from nbagent.kernel.session import KernelSession
 
         options = {"cwd": self.workdir, "env_passthrough": self.env, **self.kernel_options}
@@ -300,8 +294,7 @@ class Agent:
         await self.model.aclose()
 
     def close(self) -> None:
-        """Blocking :meth:`aclose`: shut the kernel down and close the model's connections, for
-        an Agent made without ``with``. Safe to call twice."""
+        """Blocking :meth:`aclose`, for an Agent made without ``with`` (safe to call twice)."""
         if self._loop is not None and self._loop is not _sync.get_loop():
             raise ConfigError("this Agent runs on your event loop: await agent.aclose() instead")
         _sync.run_sync(self.aclose())

@@ -21,6 +21,7 @@ the agent names only the ``--data`` files it uploaded (:func:`nbagent.kernel.upl
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -261,24 +262,49 @@ def changes(before: Mapping[str, Entry], after: Mapping[str, Entry], *, limit: i
 
 
 class WorkdirWatch:
-    """The listing of one working directory for a run's first message, then what changed."""
+    """The listing of one working directory for a run's first message, then what changed.
+
+    Between two looks, a new or removed entry changes its folder's mtime, so :meth:`changed`
+    first stats the folders of the last snapshot (the working directory and its subfolders, a
+    handful of calls) and lists again only when one moved. A file rewritten in place leaves its
+    folder's mtime alone: it is reported ("~") only alongside a creation or removal.
+    """
 
     def __init__(self, root: str | os.PathLike[str], first: Iterable[str] = ()) -> None:
         self.root = os.fspath(root)
-        self.first = tuple(first)
+        self.first = tuple(name.split("/")[0] for name in first)
         self._last: dict[str, Entry] | None = None
+        self._folders: dict[str, int] = {}
+
+    def _look(self) -> dict[str, Entry]:
+        found = snapshot(self.root)
+        folders = [self.root] + [os.path.join(self.root, n) for n, e in found.items() if e.is_dir]
+        self._folders = {}
+        for folder in folders:
+            with contextlib.suppress(OSError):
+                self._folders[folder] = os.stat(folder).st_mtime_ns
+        return found
+
+    def _moved(self) -> bool:
+        for folder, mtime in self._folders.items():
+            try:
+                if os.stat(folder).st_mtime_ns != mtime:
+                    return True
+            except OSError:
+                return True
+        return False
 
     def intro(self) -> str:
         """The full listing the first time, then what changed since the last look ("")."""
         if self._last is None:
-            self._last = snapshot(self.root)
+            self._last = self._look()
             return describe(self.root, first=self.first)
         return self.changed()
 
     def changed(self) -> str:
         """What changed since the last look ("" when nothing did, or before any look)."""
-        if self._last is None:
+        if self._last is None or not self._moved():
             return ""
-        now = snapshot(self.root)
+        now = self._look()
         before, self._last = self._last, now
         return changes(before, now)

@@ -271,6 +271,7 @@ class HTTPChatModel:
             _lazy.request_sent()
             if self.on_sent is not None:
                 self.on_sent()
+                self.on_sent = None  # only the first request matters
 
     def _get_client(self) -> httpx.AsyncClient:
         loop = _running_loop()
