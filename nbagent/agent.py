@@ -208,10 +208,11 @@ class Agent:
         self._producer: asyncio.Task[None] | None = None
         self._stop_reason: str | None = None
         self._pending = ""
-        self._context = describe_data(files)
         #: The files the model is told of (None: the kernel's folder is not on this machine).
         remote = self.kernel_options.get("backend") or self.kernel_options.get("gateway")
-        self.files = None if remote else WorkdirWatch(self.workdir, [f.target for f in files])
+        pending = [(f.target, f.size) for f in files]
+        self.files = None if remote else WorkdirWatch(self.workdir, [], pending)
+        self._context = describe_data(files) if self.files is None else ""
         # The kernel's imports and launch wait (≤ 0.5 s) for the first model request to be
         # written, so it leaves first; the kernel still starts during the reply.
         self._gate = asyncio.Event()

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 __all__ = ["MAX_CHARS", "MAX_ENTRIES", "Entry", "WorkdirWatch", "changes", "describe", "snapshot"]
@@ -183,19 +183,28 @@ def describe(
     folder: str | os.PathLike[str],
     *,
     first: Iterable[str] = (),
+    pending: Iterable[tuple[str, int]] = (),
     max_entries: int = MAX_ENTRIES,
     max_chars: int = MAX_CHARS,
 ) -> str:
     """The listing for the first message: files first (``first`` names before the rest), then
-    folders with their entries indented; "" when ``folder`` cannot be read."""
+    folders with their entries indented; "" when ``folder`` cannot be read. ``pending``: (name,
+    size) of files being copied in as the kernel starts, listed first if not there yet."""
     root = os.fspath(folder)
     top, total = _scan(root)
     if not top and not os.path.isdir(root):
         return ""
     head = f"Files in the working directory ({root}):"
-    if not total:
+    coming = [
+        (f"  {name} ({', '.join(x for x in (size_text(size), kind(name)) if x)}; copied in "
+         "as the kernel starts)", 1)
+        for name, size in pending
+        if not os.path.lexists(os.path.join(root, name))
+    ]  # fmt: skip
+    if not total and not coming:
         return f"{head} none (it is empty)."
     order = {name: i for i, name in enumerate(first)}
+    left = total + len(coming)  # entries not (yet) shown
 
     def key(item: os.DirEntry[str]) -> tuple[int, int, str]:
         try:
@@ -204,38 +213,42 @@ def describe(
             is_dir = False
         return (order.get(item.name, len(order)), int(is_dir), item.name.lower())
 
+    def blocks() -> Iterator[list[tuple[str, int]]]:  # (line, entries it stands for)
+        nonlocal left
+        yield coming
+        for item in sorted(top, key=key):
+            entry = _entry(item, item.name)
+            if entry is None:
+                left -= 1
+                continue
+            inner: list[os.DirEntry[str]] = []
+            count = 0
+            if entry.is_dir:
+                inner, count = _scan(item.path)
+                left += count
+            block = [(_line(entry, "  ", count), 1)]
+            block += [
+                (_line(child, "    "), 1)
+                for sub in sorted(inner, key=key)[:PER_FOLDER]
+                if (child := _entry(sub, f"{item.name}/{sub.name}")) is not None
+            ]
+            if count > PER_FOLDER:
+                more = count - PER_FOLDER
+                block.append((f"    … and {more:,} more in {item.name}/", more))
+            yield block
+
     lines: list[str] = []
-    used, left = len(head), total  # characters so far; entries not (yet) shown
-    full = False
-    for item in sorted(top, key=key):
-        entry = _entry(item, item.name)
-        if entry is None:
-            left -= 1
-            continue
-        inner: list[os.DirEntry[str]] = []
-        count = 0
-        if entry.is_dir:
-            inner, count = _scan(item.path)
-            left += count
-        block = [(_line(entry, "  ", count), 1)]  # (line, entries it stands for)
-        block += [
-            (_line(child, "    "), 1)
-            for sub in sorted(inner, key=key)[:PER_FOLDER]
-            if (child := _entry(sub, f"{item.name}/{sub.name}")) is not None
-        ]
-        if count > PER_FOLDER:
-            block.append(
-                (f"    … and {count - PER_FOLDER:,} more in {item.name}/", count - PER_FOLDER)
-            )
+    used = len(head)
+    for block in blocks():
         for text, stands_for in block:
             if len(lines) >= max_entries or used + len(text) + 1 > max_chars - 24:
-                full = True
                 break
             lines.append(text)
             used += len(text) + 1
             left -= stands_for
-        if full:
-            break
+        else:
+            continue
+        break
     if left > 0:
         lines.append(f"  … and {left:,} more")
     return "\n".join([head, *lines])
@@ -252,7 +265,7 @@ def changes(before: Mapping[str, Entry], after: Mapping[str, Entry], *, limit: i
             continue
         if old is None:
             items.append(f"+ {name} ({size_text(entry.size)})")
-        elif (old.size, old.mtime_ns) != (entry.size, entry.mtime_ns):
+        elif old.size != entry.size or (old.mtime_ns and old.mtime_ns != entry.mtime_ns):
             items.append(f"~ {name} ({size_text(entry.size)})")
     items.extend(f"- {name}" for name in before if name not in after)
     if not items:
@@ -270,9 +283,16 @@ class WorkdirWatch:
     folder's mtime alone: it is reported ("~") only alongside a creation or removal.
     """
 
-    def __init__(self, root: str | os.PathLike[str], first: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        first: Iterable[str] = (),
+        pending: Iterable[tuple[str, int]] = (),
+    ) -> None:
         self.root = os.fspath(root)
         self.first = tuple(name.split("/")[0] for name in first)
+        #: Files the kernel copies in as it starts (name, size): listed, not reported as new.
+        self.pending = tuple(pending)
         self._last: dict[str, Entry] | None = None
         self._folders: dict[str, int] = {}
 
@@ -298,7 +318,9 @@ class WorkdirWatch:
         """The full listing the first time, then what changed since the last look ("")."""
         if self._last is None:
             self._last = self._look()
-            return describe(self.root, first=self.first)
+            for name, size in self.pending:
+                self._last.setdefault(name, Entry(name, size, False))
+            return describe(self.root, first=self.first, pending=self.pending)
         return self.changed()
 
     def changed(self) -> str:
