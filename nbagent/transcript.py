@@ -57,6 +57,7 @@ from nbagent.events import (
 from nbagent.observe import SUMMARY_MIME
 from nbagent.prelude import SETUP_CELL, inputs_cell
 from nbagent.toolstubs import replay_setup
+from nbagent.workfiles import own_file
 
 if TYPE_CHECKING:
     import nbformat
@@ -370,6 +371,7 @@ class Transcript:
         target = Path(path) if path is not None else self.path
         if target is None:
             raise TranscriptError("no path to save the transcript to")
+        own_file(target)  # not news to the model in the next step's file diff
         atomic_write_notebook(self.to_notebook(), target)
         return target
 

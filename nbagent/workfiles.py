@@ -26,7 +26,16 @@ import os
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
-__all__ = ["MAX_CHARS", "MAX_ENTRIES", "Entry", "WorkdirWatch", "changes", "describe", "snapshot"]
+__all__ = [
+    "MAX_CHARS",
+    "MAX_ENTRIES",
+    "Entry",
+    "WorkdirWatch",
+    "changes",
+    "describe",
+    "own_file",
+    "snapshot",
+]
 
 MAX_ENTRIES = 40
 MAX_CHARS = 1_500
@@ -83,6 +92,15 @@ _KINDS = {
     ".dta": "Stata",
     ".sas7bdat": "SAS",
 }
+
+
+#: Files nbagent itself writes (transcripts): never reported as a step's doing.
+_OWN: set[str] = set()
+
+
+def own_file(path: str | os.PathLike[str]) -> None:
+    """Mark ``path`` as written by nbagent (a transcript's autosave), so step diffs skip it."""
+    _OWN.add(os.path.realpath(path))
 
 
 @dataclass(frozen=True)
@@ -298,12 +316,17 @@ class WorkdirWatch:
 
     def _look(self) -> dict[str, Entry]:
         found = snapshot(self.root)
+        for name in [n for n in found if _OWN and os.path.realpath(self._path(n)) in _OWN]:
+            del found[name]
         folders = [self.root] + [os.path.join(self.root, n) for n, e in found.items() if e.is_dir]
         self._folders = {}
         for folder in folders:
             with contextlib.suppress(OSError):
                 self._folders[folder] = os.stat(folder).st_mtime_ns
         return found
+
+    def _path(self, name: str) -> str:
+        return os.path.join(self.root, name)
 
     def _moved(self) -> bool:
         for folder, mtime in self._folders.items():

@@ -74,7 +74,9 @@ def test_run_finds_the_users_file_and_its_transcript_reexecutes(
     assert "sales.csv (" in first and "CSV)" in first
     # The step that wrote totals.csv says so in its observation.
     second_obs = str(scripted_openai.chat_requests[2].messages[-1]["content"])
-    assert "Files changed: + totals.csv (" in second_obs
+    changed = second_obs.rsplit("\n", 1)[-1]
+    assert changed.startswith("Files changed: + totals.csv (") and changed.endswith(" B).")
+    assert "run.ipynb" not in changed  # the transcript's autosave is nbagent's, not the step's
     first_obs = str(scripted_openai.chat_requests[1].messages[-1]["content"])
     assert "Files changed" not in first_obs  # reading creates nothing
 
