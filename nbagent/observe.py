@@ -193,7 +193,8 @@ def _format_error(out: dict[str, Any], limit: int, workdir: str | None = None) -
             break
         kept.append(line)
         used += len(line) + 1
-    if kept and not any("Traceback" in line for line in kept[-1:]):
+    syntax = ename in ("SyntaxError", "IndentationError", "TabError")
+    if kept and not syntax and "Traceback" not in kept[-1]:
         kept.append("Traceback (most recent call last):")
     tb = "\n".join(reversed(kept))
     return "\n".join(x for x in (head, tb, hint) if x)
