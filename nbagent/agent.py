@@ -36,11 +36,11 @@ from nbagent.events import (
     RunStatus,
     Usage,
 )
+from nbagent.gate import RequestGate
 from nbagent.kernel.limits import ResourceLimits
 from nbagent.kernel.upload import DataFile, collect_data, describe_data
 from nbagent.llm import make_model
 from nbagent.llm.base import ChatModel, Message
-from nbagent.llm.client import HTTPChatModel
 from nbagent.prelude import PRELUDE
 from nbagent.prompts import follow_up, system_prompt, task_message
 from nbagent.steps import Approver, Decision, Finish, StepRunner
@@ -213,13 +213,7 @@ class Agent:
         pending = [(f.target, f.size) for f in files]
         self.files = None if remote else WorkdirWatch(self.workdir, [], pending)
         self._context = describe_data(files) if self.files is None else ""
-        # The kernel's imports and launch wait (≤ 0.5 s) for the first model request to be
-        # written, so it leaves first; the kernel still starts during the reply.
-        self._gate = asyncio.Event()
-        if isinstance(self.model, HTTPChatModel):
-            self.model.on_sent = self._gate.set
-        else:
-            self._gate.set()
+        self._gate = RequestGate(self.model)  # the first request leaves before the kernel starts
 
     # -- listeners and lifecycle -------------------------------------------------------------
 
@@ -230,7 +224,10 @@ class Agent:
 
     @property
     def kernel(self) -> KernelSession | None:
-        """The agent's kernel session, once started."""
+        """The agent's kernel session, once asked for (``with``, a run, ``astart``)."""
+        if self._kernel is None and self._kernel_start is not None:
+            self._gate.open()  # wanted now
+            self._kernel = self._new_session()
         return self._kernel
 
     def _bind_loop(self) -> None:
@@ -247,10 +244,10 @@ class Agent:
         """The kernel's start, begun if need be; ``after_request``: it may wait for the first
         model request to be written (anything else that needs the kernel opens the gate)."""
         if not after_request:
-            self._gate.set()
+            self._gate.open()
         start = self._kernel_start
         if start is not None and start.done() and start.exception() is not None:
-            start = None  # the last start failed: try again
+            start, self._kernel = None, None  # the last start failed: try again
         if start is None:
             start = asyncio.ensure_future(self._start_kernel())
             # Retrieve a failure even if no step ever awaits it (a run answered without code).
@@ -259,9 +256,12 @@ class Agent:
         return start
 
     async def _start_kernel(self) -> None:
-        if not self._gate.is_set():
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._gate.wait(), 0.5)
+        await self._gate.wait()
+        if self._kernel is None:
+            self._kernel = self._new_session()
+        await self._kernel.astart()
+
+    def _new_session(self) -> KernelSession:
         from nbagent.kernel.session import KernelSession
 
         options = {"cwd": self.workdir, "env_passthrough": self.env, **self.kernel_options}
@@ -270,8 +270,7 @@ class Agent:
             forward = (*self.env, *(options.get("extra_env") or {}))
             options["backend"] = gateway.backend(forward_env=forward)
         prelude = PRELUDE + (self.tool_host.prelude() if self.tool_host else "")
-        self._kernel = KernelSession(startup_code=prelude, **options)
-        await self._kernel.astart()
+        return KernelSession(startup_code=prelude, **options)
 
     async def astart(self) -> None:
         """Start the kernel now rather than with the first run (its start overlaps the model's
