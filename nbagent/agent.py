@@ -39,9 +39,9 @@ from nbagent.events import (
     RunStatus,
     Usage,
 )
+from nbagent.gate import RequestGate
 from nbagent.kernel import _reaper
 from nbagent.kernel.limits import ResourceLimits
-from nbagent.kernel.session import KernelSession
 from nbagent.kernel.upload import DataFile, collect_data, describe_data
 from nbagent.llm import make_model
 from nbagent.llm.base import ChatModel, Message
@@ -52,9 +52,11 @@ from nbagent.steps import Approver, Decision, Finish, StepRunner
 from nbagent.text import safe_text
 from nbagent.toolhost import ToolHost
 from nbagent.tools import Tool, check_tools, describe_tools
+from nbagent.workfiles import WorkdirWatch
 
 if TYPE_CHECKING:  # nbformat costs up to seconds to import (jsonschema): load it when used
     from nbagent.kernel.gateway import Gateway
+    from nbagent.kernel.session import KernelSession  # jupyter_client, zmq: after the request
     from nbagent.transcript import Transcript
 
 __all__ = ["Agent", "Decision", "RunResult"]
@@ -240,7 +242,12 @@ class Agent:
         self._producer: asyncio.Task[None] | None = None
         self._stop_reason: str | None = None
         self._pending = ""
-        self._context = describe_data(files)
+        #: The files the model is told of (None: the kernel's folder is not on this machine).
+        remote = self.kernel_options.get("backend") or self.kernel_options.get("gateway")
+        pending = [(f.target, f.size) for f in files]
+        self.files = None if remote else WorkdirWatch(self.workdir, [], pending)
+        self._context = describe_data(files) if self.files is None else ""
+        self._gate = RequestGate(self.model)  # the first request leaves before the kernel starts
         self._trace_parent: Any = None  # the caller's, caught before a blocking run
         # What the finaliser releases if the Agent is collected unclosed (see _release).
         self._owned = Owned(self.model)
@@ -257,7 +264,10 @@ class Agent:
 
     @property
     def kernel(self) -> KernelSession | None:
-        """The agent's kernel session, once started."""
+        """The agent's kernel session, once asked for (``with``, a run, ``astart``)."""
+        if self._kernel is None and self._kernel_start is not None:
+            self._gate.open()  # wanted now
+            self._kernel = self._new_session()
         return self._kernel
 
     def _bind_loop(self) -> None:
@@ -273,10 +283,14 @@ class Agent:
                 "arun()/`async with`, not both"
             )
 
-    def _ensure_kernel(self) -> asyncio.Task[None]:
+    def _ensure_kernel(self, *, after_request: bool = False) -> asyncio.Task[None]:
+        """The kernel's start, begun if need be; ``after_request``: it may wait for the first
+        model request to be written (anything else that needs the kernel opens the gate)."""
+        if not after_request:
+            self._gate.open()
         start = self._kernel_start
         if start is not None and start.done() and start.exception() is not None:
-            start = None  # the last start failed: try again
+            start, self._kernel = None, None  # the last start failed: try again
         if start is None:  # with MCP servers, the stubs need their tools: connect first
             start = asyncio.ensure_future(self._start_session())
             # Retrieve a failure even if no step ever awaits it (a run answered without code).
@@ -285,7 +299,17 @@ class Agent:
         return start
 
     async def _start_session(self) -> None:
+        await self._gate.wait()
         await self._mcp_tools()
+        if self._kernel is None:
+            self._new_session()
+        assert self._kernel is not None
+        await self._kernel.astart()
+
+    def _new_session(self) -> KernelSession:
+        """The kernel session (not started), made once and owned by this Agent."""
+        from nbagent.kernel.session import KernelSession
+
         options = {"cwd": self.workdir, "env_passthrough": self.env, **self.kernel_options}
         gateway = options.pop("gateway", None)
         if gateway is not None:  # a backend per session; named variables go along
@@ -295,7 +319,7 @@ class Agent:
         session_class = options.pop("session_class", None) or KernelSession
         self._kernel = session_class(startup_code=prelude, **options)
         self._owned.kernel = self._kernel
-        await self._kernel.astart()
+        return self._kernel
 
     async def _mcp_tools(self) -> None:
         """Wait for the MCP servers; their tools join the host tools, stubs and prompt."""
@@ -326,6 +350,8 @@ class Agent:
             with contextlib.suppress(BaseException):
                 await self._producer
         if self._kernel_start is not None:
+            if self._kernel is None:  # still waiting to begin: nothing to wait for
+                self._kernel_start.cancel()
             with contextlib.suppress(BaseException):
                 await self._kernel_start
         if self._mcp is not None:  # no code runs now: the servers can go first
@@ -334,9 +360,15 @@ class Agent:
             await self._kernel.ashutdown()
         await self.model.aclose()
 
+    def close(self) -> None:
+        """Blocking :meth:`aclose`, for an Agent made without ``with`` (safe to call twice)."""
+        if self._loop is not None and self._loop is not _sync.get_loop():
+            raise ConfigError("this Agent runs on your event loop: await agent.aclose() instead")
+        _sync.run_sync(self.aclose())
+
     async def __aenter__(self) -> Agent:
         self._bind_loop()
-        self._ensure_kernel()
+        self._ensure_kernel(after_request=True)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -576,7 +608,7 @@ class Agent:
         runner = StepRunner(
             self,
             emit,
-            kernel_start=self._ensure_kernel(),
+            kernel_start=self._ensure_kernel(after_request=True),
             deadline=t0 + self.time_limit if self.time_limit else None,
         )
         error: BaseException | None = None
@@ -616,11 +648,13 @@ class Agent:
 
     def _add_task_message(self, task: str) -> str:
         """Append the user message that starts a run; return its text."""
+        files = self.files.intro() if self.files is not None else ""
+        context = "\n\n".join(x for x in (files, self._context.strip()) if x)
         if self.turns == 1 and len(self.messages) == 1:
-            text = task_message(task, self._context)
+            text = task_message(task, context)
         else:
             lost = kernel_lost(self._kernel, self._kernel_start)
-            text = follow_up(task, self._pending, self._context, kernel_lost=lost)
+            text = follow_up(task, self._pending, context, kernel_lost=lost)
             self._pending = ""
             if self.messages[-1].role == "user":
                 # The last run ended on an observation the model never answered: fold it in, so

@@ -8,8 +8,11 @@ transcript could not be saved (the answer is still printed), 130 interrupted (Ct
 kernel is interrupted and shut down, what exists is saved), 143 / 129 the same for SIGTERM /
 SIGHUP. The host process is made non-dumpable (:mod:`nbagent.hostguard`).
 
-A run works in a fresh run directory, ``./nbagent-runs/<time>-<id>/`` (printed on stderr), with
-the ``--data`` files copied in; ``--workdir DIR`` works in DIR instead. ``--approve`` asks
+A run works in the current directory, as the Python API and ``%agent`` do, so the user's files
+are where the model looks (``--data`` files from elsewhere are copied in); ``--workdir DIR``
+works in DIR; ``--isolate`` works in a fresh run directory, ``./nbagent-runs/<time>-<id>/``,
+with the ``--data`` files copied in, so generated code only touches copies. The working
+directory is printed once on stderr. ``--approve`` asks
 before each cell (:mod:`nbagent.approval`); ``--max-memory`` and friends bound the kernel
 (:mod:`nbagent.kernel.limits`). docs/security.md says what each of these does and does not stop.
 With ``--gateway URL`` (or ``$JUPYTER_GATEWAY_URL``) the kernel runs on a Jupyter Kernel Gateway
@@ -115,6 +118,10 @@ def _add_gateway_options(p: argparse.ArgumentParser) -> None:
 
 def _gateway(args: argparse.Namespace) -> Gateway | None:
     """The gateway asked for (its kernelspec is set with the Agent's ``kernel``)."""
+    import os
+
+    if not (args.gateway or os.environ.get("JUPYTER_GATEWAY_URL")):
+        return None  # no gateway: its modules (websockets) stay unloaded
     from nbagent.kernel.gateway import Gateway
 
     return Gateway.from_env(args.gateway)
@@ -135,11 +142,17 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="pass this environment variable to the kernel although it looks secret",
     )
-    p.add_argument(
+    where = p.add_mutually_exclusive_group()
+    where.add_argument(
         "--workdir",
         metavar="DIR",
-        help="work in DIR as it is (e.g. '.') instead of a fresh run directory "
-        "./nbagent-runs/<time>-<id>/",
+        help="work in DIR as it is (default: the current directory)",
+    )
+    where.add_argument(
+        "--isolate",
+        action="store_true",
+        help="work in a fresh run directory ./nbagent-runs/<time>-<id>/ holding copies of the "
+        "--data files, so the code cannot change the originals",
     )
     p.add_argument(
         "--data",
@@ -449,7 +462,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
     import shutil
 
     from nbagent.agent import Agent
-    from nbagent.approval import TerminalApprover
     from nbagent.kernel.limits import ResourceLimits
     from nbagent.progress import Progress
     from nbagent.rundir import prepare_run_dir
@@ -469,16 +481,25 @@ def _cmd_run(args: argparse.Namespace) -> int:
         open_files=args.max_open_files,
         file_size=args.max_file_size,
     )
-    approver = TerminalApprover(timeout=args.approve_timeout) if args.approve else None
+    approver = None
+    if args.approve:
+        from nbagent.approval import TerminalApprover
+
+        approver = TerminalApprover(timeout=args.approve_timeout)
     transcript = Transcript(args.output) if args.output and not args.resume else None
     gateway = _gateway(args)
     base = args.workdir
-    if args.resume and base is None:
+    if args.resume and base is None and not args.isolate:
         base = _resumed_workdir(args.resume)
-    if gateway is None:
-        workdir, fresh = prepare_run_dir(base, args.data), base is None
-    else:  # the kernel works on the gateway: no local run directory, the data is uploaded
-        workdir, fresh = Path(base or "."), False
+    if args.isolate and gateway is not None:
+        raise ConfigError(
+            "--isolate is for a local kernel; a gateway's kernel works on the gateway"
+        )
+    fresh = bool(args.isolate)
+    if gateway is not None:  # the kernel works on the gateway: the data is uploaded
+        workdir = Path(base or ".")
+    else:
+        workdir = prepare_run_dir(None if fresh else (base or "."), args.data)
     try:
         agent = Agent(
             args.model,
@@ -506,6 +527,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if fresh:
             shutil.rmtree(workdir, ignore_errors=True)
         raise
+    if agent.files is not None:  # the --data files are listed first
+        agent.files.first = tuple(Path(d).expanduser().resolve().name for d in args.data)
     if gateway is not None and not args.quiet:
         print(f"nbagent: the kernel runs on the gateway at {gateway.url}", file=sys.stderr)
     elif fresh or not args.quiet:

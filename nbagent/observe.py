@@ -28,6 +28,7 @@ from typing import Any
 
 from nbagent.events import CellFinished
 from nbagent.text import terminal_text
+from nbagent.tracebacks import file_hint, fold
 
 __all__ = ["SUMMARY_MIME", "ObservationParts", "escape_frame", "observe"]
 
@@ -66,8 +67,11 @@ def observe(
     vision: bool = False,
     limit: int = 5_000,
     error_limit: int = 1_500,
+    workdir: str | None = None,
 ) -> ObservationParts:
-    """Turn a finished cell into what the model reads next."""
+    """Turn a finished cell into what the model reads next. ``workdir``: the kernel's working
+    directory when it is on this machine (its files' frames are kept in tracebacks, and a
+    missing file gets the closest names there)."""
     pieces: list[str] = []
     error_text = ""
     images: list[tuple[str, str]] = []
@@ -80,7 +84,7 @@ def observe(
                 text = "".join(f"[stderr] {line}\n" for line in text.rstrip("\n").split("\n"))
             pieces.append(text)
         elif kind == "error":
-            error_text = _format_error(out, error_limit)
+            error_text = _format_error(out, error_limit, workdir)
         elif kind in ("execute_result", "display_data", "update_display_data"):
             data = out.get("data", {})
             if ANSWER_MIME in data:
@@ -156,18 +160,21 @@ def _hint(cell: CellFinished) -> str:
     return ""
 
 
-def _format_error(out: dict[str, Any], limit: int) -> str:
+def _format_error(out: dict[str, Any], limit: int, workdir: str | None = None) -> str:
+    """The exception line first, then the traceback with library frames folded
+    (:mod:`nbagent.tracebacks`), newest frames kept when it is too long."""
     ename = str(out.get("ename", "Error"))
     evalue = terminal_text(str(out.get("evalue", "")))
-    traceback = terminal_text("\n".join(str(t) for t in out.get("traceback", [])))
     head = f"{ename}: {evalue}".strip()
     if len(head) > limit // 2:
         head = head[: limit // 2] + " …"
-    tb_lines = [line for line in traceback.split("\n") if line.strip()]
-    # IPython ends the traceback with "ename: evalue" again; drop it, keep the newest frames.
+    hint = file_hint(ename, evalue, workdir)
+    entries = [terminal_text(str(t)) for t in out.get("traceback", [])]
+    tb_lines = [line for line in "\n".join(fold(entries, workdir)).split("\n") if line.strip()]
+    # An old-style traceback may end with "ename: evalue" again; the head already says it.
     if tb_lines and tb_lines[-1].strip().startswith(ename):
         tb_lines = tb_lines[:-1]
-    budget = max(limit - len(head), 200)
+    budget = max(limit - len(head) - len(hint), 200)
     kept: list[str] = []
     used = 0
     for line in reversed(tb_lines):
@@ -176,8 +183,11 @@ def _format_error(out: dict[str, Any], limit: int) -> str:
             break
         kept.append(line)
         used += len(line) + 1
+    syntax = ename in ("SyntaxError", "IndentationError", "TabError")
+    if kept and not syntax and "Traceback" not in kept[-1]:
+        kept.append("Traceback (most recent call last):")
     tb = "\n".join(reversed(kept))
-    return f"{head}\n{tb}" if tb else head
+    return "\n".join(x for x in (head, tb, hint) if x)
 
 
 def _rich_text(data: dict[str, Any]) -> str:

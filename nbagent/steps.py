@@ -211,8 +211,12 @@ class StepRunner:
 
     def _observe(self, cell: CellFinished, *, edited: bool = False) -> None:
         agent = self.agent
-        parts = observe(cell, vision=agent.vision, limit=agent.observation_limit)
+        workdir = agent.files.root if agent.files is not None else None
+        parts = observe(cell, vision=agent.vision, limit=agent.observation_limit, workdir=workdir)
         text = parts.text
+        changed = agent.files.changed() if agent.files is not None else ""
+        if changed:
+            text = f"{text}\n{changed}"
         if edited:  # the model must know what really ran, or it reasons about its own code
             ran = f"```python\n{cell.code}\n```"
             text = f"The user edited your code before it ran. What ran:\n{ran}\n{text}"

@@ -32,12 +32,11 @@ import os
 import platform
 import tempfile
 from pathlib import Path
-from typing import Any
-
-import nbformat
+from typing import TYPE_CHECKING, Any
 
 from nbagent import __version__
 from nbagent import events as ev
+from nbagent._lazy import after_request, lazy
 from nbagent.errors import TranscriptError
 from nbagent.events import (
     CellFinished,
@@ -45,20 +44,33 @@ from nbagent.events import (
     CodeSkipped,
     Event,
     InputsPushed,
+    KernelStatus,
     ModelReplied,
+    ModelRetry,
     NotebookCells,
     Observation,
     PlanMade,
     RunFinished,
     RunStarted,
+    StepStarted,
+    TextDelta,
     ToolCalled,
 )
 from nbagent.observe import ANSWER_MIME, SUMMARY_MIME
 from nbagent.prelude import SETUP_CELL, inputs_cell
 from nbagent.text import safe_text
 from nbagent.toolstubs import replay_setup
+from nbagent.workfiles import own_file
+
+if TYPE_CHECKING:
+    import nbformat
+else:  # seconds to import where jsonschema's format checkers are installed: see _lazy
+    nbformat = lazy("nbformat")
 
 __all__ = ["Transcript", "atomic_write_notebook", "check_output_path", "read_transcript"]
+
+#: Events a transcript may hold back until the notebook is built: those before the first reply.
+_EARLY = (RunStarted, KernelStatus, StepStarted, TextDelta, ModelRetry)
 
 #: MIME types only the agent's own kernel produces; dropped so re-runs compare equal.
 PRIVATE_MIME = frozenset({SUMMARY_MIME})
@@ -95,14 +107,10 @@ class Transcript:
     def __init__(self, path: str | os.PathLike[str] | None = None, *, autosave: bool = True):
         self.path = Path(path) if path is not None else None
         self.autosave = autosave and path is not None
-        self.nb = nbformat.v4.new_notebook()
-        self.nb.metadata.update(
-            {
-                "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
-                "language_info": {"name": "python", "version": platform.python_version()},
-                "nbagent": {"version": __version__, "runs": []},
-            }
-        )
+        # The notebook is built when first needed: events before the model's first reply wait
+        # in the backlog while nbformat loads in the background (see _lazy).
+        self._nb: nbformat.NotebookNode | None = None
+        self._backlog: list[ev.AnyEvent] = []
         self._replies: dict[int, str] = {}
         self._reasoning: dict[int, str] = {}
         self._code_cells: dict[int, Any] = {}
@@ -114,6 +122,32 @@ class Transcript:
         self._replay: dict[str, list[dict[str, Any]]] = {}
         #: The last autosave error, if any (the run goes on; the caller decides what to do).
         self.save_error: TranscriptError | None = None
+
+    @property
+    def nb(self) -> nbformat.NotebookNode:
+        """The notebook as it stands."""
+        if self._nb is None:
+            nb = nbformat.v4.new_notebook()
+            nb.metadata.update(
+                {
+                    "kernelspec": {
+                        "name": "python3",
+                        "display_name": "Python 3",
+                        "language": "python",
+                    },
+                    "language_info": {"name": "python", "version": platform.python_version()},
+                    "nbagent": {"version": __version__, "runs": []},
+                }
+            )
+            self._nb = nb
+            backlog, self._backlog = self._backlog, []
+            for event in backlog:
+                self._handle(event)
+        return self._nb
+
+    @nb.setter
+    def nb(self, value: nbformat.NotebookNode) -> None:
+        self._nb = value
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], *, autosave: bool = True) -> Transcript:
@@ -151,6 +185,16 @@ class Transcript:
     def __call__(self, event: Event) -> None:
         if not isinstance(event, ev.AnyEvent):
             return
+        if self._nb is None:
+            if isinstance(event, _EARLY):
+                self._backlog.append(event)
+                if isinstance(event, StepStarted):  # load while the model answers
+                    after_request("nbformat")
+                return
+            _ = self.nb  # builds the notebook, handles the backlog first
+        self._handle(event)
+
+    def _handle(self, event: ev.AnyEvent) -> None:
         if isinstance(event, RunStarted):
             self._run_started(event)
         elif isinstance(event, ModelReplied):
@@ -376,6 +420,7 @@ class Transcript:
         target = Path(path) if path is not None else self.path
         if target is None:
             raise TranscriptError("no path to save the transcript to")
+        own_file(target)  # not news to the model in the next step's file diff
         atomic_write_notebook(self.to_notebook(), target)
         return target
 

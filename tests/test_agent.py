@@ -55,7 +55,9 @@ def test_state_persists_across_steps_and_final_answer_ends(
         result = agent.run("Double 21.")
     assert result.ok and result.answer == "42" and result.steps == 2
     second = user_texts(scripted_openai, 1)
-    assert second[0] == "Task: Double 21."
+    task, files = second[0].split("\n\n")
+    assert task == "Task: Double 21."
+    assert files == f"Files in the working directory ({tmp_path}): none (it is empty)."
     assert "<output>\nx is 21\n</output>" in second[-1]
     kinds = [type(e).__name__ for e in result.events]
     assert kinds[0] == "RunStarted" and kinds[-1] == "RunFinished"

@@ -16,6 +16,7 @@ from tests.llm_fixtures import ScriptedServer
 
 ROOT = Path(__file__).resolve().parent.parent
 FAKE_KEY = "sk-test-cli-0123456789abcdefghijkl"
+ISO = ("--isolate", "t")
 
 
 def py(code: str, text: str = "Next.") -> str:
@@ -76,6 +77,7 @@ def test_approve_run_edit_skip_in_a_fresh_run_directory(
         scripted_openai,
         tmp_path,
         "--approve",
+        "--isolate",
         "--data",
         "data.csv",
         "-o",
@@ -122,7 +124,7 @@ def test_no_answer_in_time_skips(scripted_openai: ScriptedServer, tmp_path: Path
     silent, held_open = os.pipe()  # stdin stays open and silent: only the timeout answers
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "nbagent", "run", "--approve", "--approve-timeout", "1", "t"],
+            [sys.executable, "-m", "nbagent", "run", "--approve", "--approve-timeout", "1", *ISO],
             cwd=tmp_path,
             env=full_env,
             stdin=silent,
@@ -142,6 +144,7 @@ def test_no_answer_in_time_skips(scripted_openai: ScriptedServer, tmp_path: Path
     assert proc.returncode == 0, err
     assert "skipped: no answer within 1 s" in err
     assert not list(tmp_path.glob("nbagent-runs/*/ran.txt"))
+    assert not (tmp_path / "ran.txt").exists()
     assert "The code was not run: no answer within 1 s" in observations(scripted_openai, 1)
 
 
@@ -173,7 +176,14 @@ def test_instructions_in_a_csv_stay_data_and_run_nothing_unapproved(
         py("final_answer('refused')"),
     )
     proc = run_cli(
-        scripted_openai, tmp_path, "--approve", "--data", "notes.csv", "t", stdin="r\ns\nr\n"
+        scripted_openai,
+        tmp_path,
+        "--approve",
+        "--isolate",
+        "--data",
+        "notes.csv",
+        "t",
+        stdin="r\ns\nr\n",
     )
     assert proc.returncode == 0, proc.stderr
     run = run_dir_of(proc)
@@ -210,6 +220,8 @@ def test_limits_from_the_command_line(scripted_openai: ScriptedServer, tmp_path:
         (["--approve-timeout", "0", "t"], "expected a positive number of seconds"),
         (["--approve", "-"], "--approve reads answers from stdin"),
         (["--data", "missing.csv", "t"], "data path 'missing.csv' does not exist"),
+        (["--isolate", "--data", "missing.csv", "t"], "data path 'missing.csv' does not exist"),
+        (["--isolate", "--workdir", ".", "t"], "not allowed with argument"),
         (["--workdir", "nowhere", "t"], "workdir 'nowhere' is not a directory"),
     ],
 )

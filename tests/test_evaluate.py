@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -255,11 +256,15 @@ def test_ctrl_c_keeps_finished_results_and_leaves_no_kernel(tmp_path: Path) -> N
         first = proc.stdout.readline().decode()
         assert first.startswith("[1/6] 1: right 1/1")
         assert server.wait_for_requests(2, timeout=30)  # question 2 is waiting for its reply
-        kernels = [
-            p
-            for p in psutil.Process(proc.pid).children(recursive=True)
-            if "ipykernel" in " ".join(p.cmdline())
-        ]
+        kernels: list[psutil.Process] = []
+        deadline = time.monotonic() + 20  # its kernel starts once the request is out
+        while not kernels and time.monotonic() < deadline:
+            kernels = [
+                p
+                for p in psutil.Process(proc.pid).children(recursive=True)
+                if "ipykernel" in " ".join(p.cmdline())
+            ]
+            time.sleep(0.05)
         assert kernels
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)

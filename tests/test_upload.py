@@ -158,7 +158,9 @@ def test_an_agent_gets_its_data_and_is_told_about_it(
     assert result.answer == "8750"
     task = scripted_openai.chat_requests[0].messages[1]["content"]
     size = data.stat().st_size
-    assert f"Files in the working directory: penguins.csv ({size} bytes)." in task
+    # A local kernel: the host listing names it, as coming in with the kernel's start.
+    assert f"Files in the working directory ({workdir}):" in task
+    assert f"  penguins.csv ({size} B, CSV; copied in as the kernel starts)" in task
 
 
 def test_cli_data_that_does_not_exist_is_a_usage_error(

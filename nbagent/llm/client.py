@@ -22,12 +22,12 @@ import json
 import logging
 import re
 import ssl
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
-import httpx
-
+from nbagent import _lazy
+from nbagent._httpx import httpx
 from nbagent.errors import (
     AuthenticationError,
     ModelConnectionError,
@@ -174,6 +174,9 @@ class HTTPChatModel:
         self._client: httpx.AsyncClient | None = None
         self._client_loop: asyncio.AbstractEventLoop | None = None
         self._total = Usage()
+        #: Called (in the event loop) each time a request's body has been written: the agent
+        #: starts its kernel's heavier work only once the first request is on its way.
+        self.on_sent: Callable[[], None] | None = None
 
     # -- provider hooks ------------------------------------------------------------------
 
@@ -287,6 +290,17 @@ class HTTPChatModel:
 
     # -- internals -----------------------------------------------------------------------
 
+    def _tracing(self) -> bool:
+        return self.on_sent is not None or _lazy.waiting()
+
+    async def _trace(self, name: str, info: dict[str, Any]) -> None:
+        """httpcore's trace hook: report the request written (or the attempt failed)."""
+        if name.endswith(("send_request_body.complete", ".failed")):
+            _lazy.request_sent()
+            if self.on_sent is not None:
+                self.on_sent()
+                self.on_sent = None  # only the first request matters
+
     def _get_client(self) -> httpx.AsyncClient:
         loop = _running_loop()
         if self._client is None or self._client.is_closed or self._client_loop is not loop:
@@ -317,7 +331,11 @@ class HTTPChatModel:
         log.debug("%s", self._redact(f"{self.provider}: POST {self.url} (model {self.name})"))
         try:
             async with client.stream(
-                "POST", self.url, content=_json_bytes(body), headers=self._headers(stream)
+                "POST",
+                self.url,
+                content=_json_bytes(body),
+                headers=self._headers(stream),
+                extensions={"trace": self._trace} if self._tracing() else None,
             ) as resp:
                 if not 200 <= resp.status_code < 300:
                     raw = await _read_capped(resp, _ERROR_BODY_LIMIT)
