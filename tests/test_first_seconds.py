@@ -312,3 +312,24 @@ def test_preloads_wait_for_the_first_request() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "True"
+
+
+def test_the_client_reports_the_written_request(scripted_openai: ScriptedServer) -> None:
+    """httpcore's trace tells the model client when the body is out: the gate's signal."""
+    import asyncio
+
+    from nbagent.llm.base import Message
+
+    scripted_openai.add("Hello.")
+    model = scripted_model(scripted_openai)
+    seen: list[int] = []
+    model.on_sent = lambda: seen.append(len(scripted_openai.chat_requests))
+
+    async def ask() -> None:
+        async for _ in model.stream([Message("user", "Hi")]):
+            pass
+        await model.aclose()
+
+    asyncio.run(ask())
+    assert seen and seen[0] <= 1  # called once, around the request's arrival
+    assert model.on_sent is None  # only the first request is traced for the gate
