@@ -244,3 +244,92 @@ def test_httpx_cli_still_works_after_nbagent_loads() -> None:
     lines = proc.stdout.splitlines()
     assert lines[0] == "False" and lines[1] == "httpx._main True"
     assert "HTTPX" in proc.stdout and "Usage: httpx" in proc.stdout
+
+
+def test_the_request_gate_opens_on_the_written_request_or_when_asked() -> None:
+    import asyncio
+    import threading
+    import time
+
+    from nbagent.gate import RequestGate
+    from nbagent.llm import make_model
+
+    class Recorded:  # not an HTTP client: nothing to wait for
+        vision = False
+
+    assert RequestGate(Recorded()).__dict__["_event"].is_set()  # type: ignore[arg-type]
+    model = make_model("openai:x", base_url="http://127.0.0.1:9/v1", api_key="")
+
+    async def waited(opener: object) -> float:
+        gate = RequestGate(model, timeout=5.0)
+        t = time.monotonic()
+        if opener == "model":  # what the client calls once the body is written
+            asyncio.get_running_loop().call_later(0.05, gate.open)
+            assert model.on_sent == gate.open
+        elif opener == "thread":
+            threading.Timer(0.05, gate.open).start()
+        await gate.wait()
+        return time.monotonic() - t
+
+    assert asyncio.run(waited("model")) < 2.0
+    assert asyncio.run(waited("thread")) < 2.0
+
+    async def timed_out() -> float:
+        gate = RequestGate(model, timeout=0.2)
+        t = time.monotonic()
+        await gate.wait()
+        return time.monotonic() - t
+
+    assert 0.15 < asyncio.run(timed_out()) < 2.0
+
+
+PRELOAD = """
+import sys
+from nbagent import _lazy
+_lazy.after_request("json.tool")
+assert "json.tool" not in sys.modules and _lazy.waiting()
+_lazy.request_sent()
+import threading, time
+deadline = time.monotonic() + 10
+while "json.tool" not in sys.modules and time.monotonic() < deadline:
+    time.sleep(0.01)
+assert "json.tool" in sys.modules and not _lazy.waiting()
+_lazy.after_request("tabnanny")  # after the first request: at once
+deadline = time.monotonic() + 10
+while "tabnanny" not in sys.modules and time.monotonic() < deadline:
+    time.sleep(0.01)
+print("tabnanny" in sys.modules)
+"""
+
+
+def test_preloads_wait_for_the_first_request() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", PRELOAD],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "True"
+
+
+def test_the_client_reports_the_written_request(scripted_openai: ScriptedServer) -> None:
+    """httpcore's trace tells the model client when the body is out: the gate's signal."""
+    import asyncio
+
+    from nbagent.llm.base import Message
+
+    scripted_openai.add("Hello.")
+    model = scripted_model(scripted_openai)
+    seen: list[int] = []
+    model.on_sent = lambda: seen.append(len(scripted_openai.chat_requests))
+
+    async def ask() -> None:
+        async for _ in model.stream([Message("user", "Hi")]):
+            pass
+        await model.aclose()
+
+    asyncio.run(ask())
+    assert seen and seen[0] <= 1  # called once, around the request's arrival
+    assert model.on_sent is None  # only the first request is traced for the gate
