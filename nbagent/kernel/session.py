@@ -25,7 +25,6 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from nbagent._sync import sync_method
@@ -40,6 +39,7 @@ from nbagent.kernel import _reaper
 from nbagent.kernel._limits import sweep_cgroups
 from nbagent.kernel.base import ExecStatus, ExecutionResult, KernelBackend, OutputCallback
 from nbagent.kernel.env import scrub_env
+from nbagent.kernel.helper import HELPER, boot_code
 from nbagent.kernel.limits import ResourceLimits
 from nbagent.kernel.local import LocalBackend
 from nbagent.kernel.outputs import OutputAssembler, OutputLimits, error_line, error_of_reply
@@ -65,17 +65,6 @@ _POLL = 0.25
 #: After the execute_reply, how long the channels may stay empty before we stop waiting for
 #: the trailing "idle" (only a dropped message makes it never come).
 _IDLE_GRACE = 2.0
-_HELPER = "__import__('sys').modules['_nbagent_kernel']"
-_BOOT = """\
-def __nbagent_boot(src, cfg):
-    import sys, types
-    mod = types.ModuleType("_nbagent_kernel")
-    exec(compile(src, "<nbagent-kernel-helper>", "exec"), mod.__dict__)
-    sys.modules["_nbagent_kernel"] = mod
-    mod._install(cfg)
-__nbagent_boot({src!r}, {cfg!r})
-del __nbagent_boot
-"""
 
 
 class _KernelGone(KernelError):
@@ -233,11 +222,10 @@ class KernelSession:
     async def _setup(self) -> None:
         """Install the kernel-side helper and run the user's startup code."""
         cfg = self._helper_config()
-        src = (Path(__file__).with_name("_inkernel.py")).read_text(encoding="utf-8")
         reply = await self._internal(
-            _BOOT.format(src=src, cfg=cfg),
+            boot_code(cfg),
             self.startup_timeout,
-            user_expressions={"caps": f"{_HELPER}._caps()"},
+            user_expressions={"caps": f"{HELPER}._caps()"},
         )
         if reply.get("status") != "ok":
             raise KernelStartupError(f"kernel helper failed: {error_line(reply)}")
@@ -568,7 +556,7 @@ class KernelSession:
         await self.astart()
         payload = encode_values(values, host_formats(self._kernel_pyarrow))
         async with self._lock:
-            reply = await self._internal_guarded(f"{_HELPER}._push({payload!r})", timeout)
+            reply = await self._internal_guarded(f"{HELPER}._push({payload!r})", timeout)
         if reply.get("status") != "ok":
             raise TransferError(f"the kernel could not receive the values: {error_line(reply)}")
         return payload
@@ -582,7 +570,7 @@ class KernelSession:
         """
         names = check_names(names)
         await self.astart()
-        expr = f"{_HELPER}._pull({names!r}, {host_formats(self._kernel_pyarrow)!r})"
+        expr = f"{HELPER}._pull({names!r}, {host_formats(self._kernel_pyarrow)!r})"
         async with self._lock:
             reply = await self._internal_guarded("", timeout, user_expressions={"r": expr})
         result = (reply.get("user_expressions") or {}).get("r") or {}

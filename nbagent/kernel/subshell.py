@@ -43,8 +43,9 @@ from jupyter_client.session import Session
 from nbagent.errors import KernelError, KernelStartupError
 from nbagent.kernel._limits import pid_alive
 from nbagent.kernel.base import Channel, ExecutionResult, KernelMessage, OutputCallback
+from nbagent.kernel.helper import HELPER
 from nbagent.kernel.local import LocalBackend
-from nbagent.kernel.session import _HELPER, KernelSession, StdinHandler
+from nbagent.kernel.session import KernelSession, StdinHandler
 from nbagent.kernel.transfer import transfer_bundle
 
 __all__ = ["SharedKernelSession", "SubshellBackend", "kernel_alive"]
@@ -200,7 +201,7 @@ class SubshellBackend(LocalBackend):
 
     async def _idle(self) -> bool:
         """True when the agent's subshell runs no cell (asked through the stopper)."""
-        expr = f"{_HELPER}._cell_frame({self._thread_id}, type(get_ipython()).run_code.__code__)"
+        expr = f"{HELPER}._cell_frame({self._thread_id}, type(get_ipython()).run_code.__code__)"
         reply = await self._request(
             "shell",
             "execute_request",
@@ -239,7 +240,7 @@ class SubshellBackend(LocalBackend):
         reply = await self._request(
             "shell",
             "execute_request",
-            _silent("", r=f"{_HELPER}._stop({thread_id}, {self.stop_wait!r})"),
+            _silent("", r=f"{HELPER}._stop({thread_id}, {self.stop_wait!r})"),
             subshell=self._stopper_id,
             timeout=self.stop_wait + _REQUEST_TIMEOUT,
         )
@@ -393,7 +394,7 @@ class SharedKernelSession(KernelSession):
             await backend.restart(timeout=self.startup_timeout)
         if backend.is_alive():
             with contextlib.suppress(KernelError):
-                await self._internal(f"{_HELPER}._snap()", _REQUEST_TIMEOUT)
+                await self._internal(f"{HELPER}._snap()", _REQUEST_TIMEOUT)
         abandoned = backend.abandoned
         result = await super()._execute(code, timeout, on_output, stdin_handler)
         notes = [f"the previous step's code is still running: {moved}"] if moved else []
@@ -415,7 +416,7 @@ class SharedKernelSession(KernelSession):
     async def _changed_names(self) -> dict[str, list[str]] | None:
         try:
             reply = await self._internal(
-                "", _REQUEST_TIMEOUT, user_expressions={"c": f"{_HELPER}._changes()"}
+                "", _REQUEST_TIMEOUT, user_expressions={"c": f"{HELPER}._changes()"}
             )
         except KernelError:
             return None
