@@ -60,7 +60,8 @@ from nbagent.magic_text import (
     split_options,
     substitute,
 )
-from nbagent.render import TextRenderer, render_html, render_text
+from nbagent.progress import Progress, render_text
+from nbagent.render import render_html
 from nbagent.steps import Decision
 from nbagent.transcript import Transcript
 
@@ -152,7 +153,7 @@ class _Run:
     def __init__(self, session: _Session, *, panel: Any | None, background: bool) -> None:
         self.session, self.panel, self.background = session, panel, background
         self.events: list[Event] = []
-        self.renderer = TextRenderer()
+        self.renderer = Progress(live=False, color=False, full=True)
         self.texts: queue.Queue[str] = queue.Queue()
         self.prompts: queue.Queue[tuple[int, str, concurrent.futures.Future[Any]]] = queue.Queue()
         self.finished = threading.Event()

@@ -20,9 +20,41 @@ from typing import Any
 
 from nbagent import events as ev
 
-__all__ = ["RunLog", "RunView", "StepView"]
+__all__ = ["STATUS", "RunLog", "RunView", "StepView", "seconds"]
 
 _FENCE = re.compile(r"```[^\n]*\n.*?(?:```|$)", re.S)
+
+#: status -> (colour, label): the badges and coloured step edges of the HTML views, and the
+#: labels and colours of the terminal view (one table, so every view names a status alike).
+STATUS = {
+    "running": ("blue", "● running"),
+    "stopping": ("amber", "■ stopping…"),
+    "answered": ("green", "✓ answered"),
+    "limit": ("amber", "⚠ limit reached"),
+    "stopped": ("grey", "■ stopped"),
+    "failed": ("red", "✕ failed"),
+    "thinking": ("blue", "thinking…"),
+    "ok": ("green", "✓ ok"),
+    "error": ("red", "✕ error"),
+    "timeout": ("amber", "◷ timed out"),
+    "died": ("red", "✕ kernel died"),
+    "skipped": ("grey", "↷ skipped"),
+    "interrupted": ("amber", "■ interrupted"),
+    "reply": ("grey", "no code"),
+    "approval": ("amber", "◷ awaiting approval"),
+}
+
+
+def seconds(value: float | None) -> str:
+    """12.3 s, 2 min 05 s, 1 h 02 min."""
+    if value is None:
+        return ""
+    if value < 60:
+        return f"{value:.1f} s" if value < 10 else f"{value:.0f} s"
+    minutes, sec = divmod(int(value), 60)
+    if minutes < 60:
+        return f"{minutes} min {sec:02d} s"
+    return f"{minutes // 60} h {minutes % 60:02d} min"
 
 
 @dataclass

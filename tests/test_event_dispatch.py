@@ -12,7 +12,7 @@ import nbformat
 
 from nbagent import events as ev
 from nbagent.progress import Progress
-from nbagent.render import TextRenderer, header_html, render_html
+from nbagent.render import header_html, render_html
 from nbagent.transcript import Transcript
 from nbagent.view import RunLog
 from tests.llm_fixtures import Reply, ScriptedServer, scripted_model
@@ -76,7 +76,7 @@ def test_every_consumer_folds_every_event_type(tmp_path: Path) -> None:
     events = every_event()
     assert {type(e) for e in events} == all_event_types()
     log = RunLog()
-    text = TextRenderer()
+    text = Progress(live=False, color=False, full=True)
     lines = io.StringIO()
     progress = Progress(lines)
     transcript = Transcript(tmp_path / "run.ipynb")
