@@ -49,7 +49,7 @@ from nbagent import magic_own as own
 from nbagent._clicks import ClickRouter, click_router
 from nbagent.agent import Agent, RunResult
 from nbagent.errors import NbAgentError
-from nbagent.events import Event
+from nbagent.events import Decision, Event
 from nbagent.kernel.transfer import check_names
 from nbagent.magic_text import (
     OptionError,
@@ -62,7 +62,6 @@ from nbagent.magic_text import (
 )
 from nbagent.progress import Progress, render_text
 from nbagent.render import render_html
-from nbagent.steps import Decision
 from nbagent.transcript import Transcript
 
 # IPython 9 types these decorators, IPython 8 does not: as Any, one source checks against both.
@@ -192,10 +191,7 @@ class _Run:
         except asyncio.CancelledError:
             request.cancel()
             raise
-        if choice is None:
-            return Decision("quit", reason="the approval was withdrawn")
-        action, new_code = choice
-        return Decision(action, new_code)
+        return choice or Decision("quit", reason="the approval was withdrawn")
 
     def pump(self) -> None:
         """In the waiting (main) thread: print queued progress, answer approval prompts."""

@@ -132,8 +132,13 @@ class Progress:
                 return [(_NOTICE[event.level], f"! {event.level}: {event.message}")]
             case ev.RunFinished():
                 return self._finished()
-            case ev.TextDelta() | ev.InputsPushed() | ev.Observation() | ev.NotebookCells():
-                return []  # the reply is shown whole; the step line says enough of the rest
+            case (
+                ev.TextDelta() | ev.InputsPushed() | ev.Observation() | ev.NotebookCells()
+                | ev.Approval()
+            ):  # fmt: skip
+                # The reply is shown whole; the step line says enough of the rest; an approver
+                # shows the code itself, and the running or skipped line says what it decided.
+                return []
             case _:
                 ev.unhandled(event)
 

@@ -69,7 +69,8 @@ class StepView:
     code: str | None = None
     #: thinking, running, ok, error, timeout, died, skipped, interrupted, or reply (no code).
     status: str = "thinking"
-    #: None, or the approval state: pending, editing, run, edited, skip, cancelled.
+    #: None, or the approval state from ``Approval`` events: pending, run, edited, skip, quit;
+    #: cancelled when the step ended while it was still pending.
     approval: str | None = None
     outputs: list[dict[str, Any]] = field(default_factory=list)
     outputs_final: bool = False
@@ -175,7 +176,7 @@ class RunLog:
             view.status = "interrupted"
         elif view.status == "thinking":
             view.status = "reply"
-        if view.approval in ("pending", "editing"):
+        if view.approval == "pending":
             view.approval = "cancelled"
         view.streaming = False
         view.outputs_final = True
@@ -203,6 +204,8 @@ class RunLog:
                 self._on_ModelReplied(event)
             case ev.PlanMade():
                 self._on_PlanMade(event)
+            case ev.Approval():
+                self._on_Approval(event)
             case ev.CodeProposed():
                 self._on_CodeProposed(event)
             case ev.CodeSkipped():
@@ -300,6 +303,18 @@ class RunLog:
             view.plan = e.text
             view.rev += 1
 
+    def _on_Approval(self, e: ev.Approval) -> None:
+        if (view := self._live(e.step)) is None:
+            return
+        view.approval, decision = e.state, e.decision
+        if decision is None:
+            view.code, view.status = e.code, "approval"
+        elif decision.action == "run":
+            view.code, view.status = decision.code or e.code, "running"
+        else:
+            view.status = "skipped"
+        view.rev += 1
+
     def _on_CodeProposed(self, e: ev.CodeProposed) -> None:
         if (view := self._live(e.step)) is not None:
             view.code = e.code
@@ -307,8 +322,6 @@ class RunLog:
             view.streaming = False
             view.status = "running"
             view.started = e.time
-            if view.approval in ("pending", "editing"):
-                view.approval = "run"
             view.rev += 1
 
     def _on_CodeSkipped(self, e: ev.CodeSkipped) -> None:
@@ -317,8 +330,6 @@ class RunLog:
             view.text = strip_code_blocks(view.text) if view.code else view.text
             view.status, view.note = "skipped", e.reason
             view.outputs_final = True
-            if view.approval in ("pending", "editing"):
-                view.approval = "skip"
             view.rev += 1
 
     def _on_CellOutput(self, e: ev.CellOutput) -> None:

@@ -54,6 +54,8 @@ def every_event() -> list[ev.Event]:
     events += [
         ev.Observation(step=1, text="hi"),
         *reply(2, "Skip this.\n```python\n1/0\n```"),
+        ev.Approval(step=2, code="1/0"),
+        ev.Approval(step=2, code="1/0", decision=ev.Decision("skip", "1/0", "refused")),
         ev.CodeProposed(step=2, code="1/0", reasoning="Skip this."),
         ev.CodeSkipped(step=2, code="1/0", reason="refused"),
         ev.RunFinished(
@@ -89,6 +91,7 @@ def test_every_consumer_folds_every_event_type(tmp_path: Path) -> None:
     run = log.current
     assert run is not None and run.status == "answered" and run.answer == "42"
     assert [s.status for s in run.steps.values()] == ["ok", "skipped"]
+    assert run.steps[2].approval == "skip" and run.steps[1].approval is None
     assert run.steps[1].tools[0].name == "lookup" and run.steps[1].plan
     header = header_html(run)
     assert "starting" not in header and "answered" in header
