@@ -1,8 +1,8 @@
-"""A run without widgets: terminal text and a static, sanitised HTML summary.
+"""A run without widgets: a static, sanitised HTML summary (and the panel's HTML pieces).
 
-Terminal IPython has no widgets and nbconvert cannot run them, yet both should show what the
-agent did. :class:`TextRenderer` turns events into readable progress lines as they come
-(:func:`render_text` for a whole run); :func:`render_html` turns a run into one self-contained
+nbconvert cannot run widgets, yet a saved notebook should show what the agent did (terminal
+text is :mod:`nbagent.progress`, the one terminal view). :func:`render_html` turns a run into
+one self-contained
 HTML fragment — styles inlined in a scoped ``<style>``, images as ``data:`` URLs — that is shown
 after a run so a saved notebook still tells the story.
 
