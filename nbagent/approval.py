@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TextIO
 
 from nbagent.errors import ConfigError
-from nbagent.steps import Decision
+from nbagent.events import Decision
 
 __all__ = ["TerminalApprover"]
 

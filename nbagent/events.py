@@ -27,11 +27,13 @@ from typing import Any, Literal, NoReturn, TypeAlias
 
 __all__ = [
     "AnyEvent",
+    "Approval",
     "CellCleared",
     "CellFinished",
     "CellOutput",
     "CodeProposed",
     "CodeSkipped",
+    "Decision",
     "Event",
     "InputsPushed",
     "KernelStatus",
@@ -196,6 +198,34 @@ class CodeSkipped(Event):
     reason: str
 
 
+@dataclass(frozen=True)
+class Decision:
+    """The one answer about a code cell awaiting approval, from any approver (the terminal's
+    prompt, the panel's buttons, the magic's text prompt, your own hook): run it (``code`` may be
+    an edit), skip it, or quit the run. ``reason`` says why, for the model and the record."""
+
+    action: Literal["run", "skip", "quit"]
+    code: str = ""
+    reason: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Approval(Event):
+    """Step ``step``'s ``code`` awaits approval (``decision`` None), or was decided."""
+
+    step: int
+    code: str
+    decision: Decision | None = None
+
+    @property
+    def state(self) -> str:
+        """pending, run, edited (run with changed code), skip or quit."""
+        if self.decision is None:
+            return "pending"
+        edited = self.decision.action == "run" and self.decision.code not in ("", self.code)
+        return "edited" if edited else self.decision.action
+
+
 @dataclass(frozen=True, kw_only=True)
 class CellOutput(Event):
     """Output ``index`` of the running cell is now ``output`` (append if index == length)."""
@@ -299,6 +329,7 @@ AnyEvent: TypeAlias = (
     | TextDelta
     | ModelRetry
     | ModelReplied
+    | Approval
     | CodeProposed
     | CodeSkipped
     | CellOutput

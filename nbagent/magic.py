@@ -49,7 +49,7 @@ from nbagent import magic_own as own
 from nbagent._clicks import ClickRouter, click_router
 from nbagent.agent import Agent, RunResult
 from nbagent.errors import NbAgentError
-from nbagent.events import Event
+from nbagent.events import Decision, Event
 from nbagent.kernel.transfer import check_names
 from nbagent.magic_text import (
     OptionError,
@@ -60,8 +60,8 @@ from nbagent.magic_text import (
     split_options,
     substitute,
 )
-from nbagent.render import TextRenderer, render_html, render_text
-from nbagent.steps import Decision
+from nbagent.progress import Progress, render_text
+from nbagent.render import render_html
 from nbagent.transcript import Transcript
 
 # IPython 9 types these decorators, IPython 8 does not: as Any, one source checks against both.
@@ -152,7 +152,7 @@ class _Run:
     def __init__(self, session: _Session, *, panel: Any | None, background: bool) -> None:
         self.session, self.panel, self.background = session, panel, background
         self.events: list[Event] = []
-        self.renderer = TextRenderer()
+        self.renderer = Progress(live=False, color=False, full=True)
         self.texts: queue.Queue[str] = queue.Queue()
         self.prompts: queue.Queue[tuple[int, str, concurrent.futures.Future[Any]]] = queue.Queue()
         self.finished = threading.Event()
@@ -191,10 +191,7 @@ class _Run:
         except asyncio.CancelledError:
             request.cancel()
             raise
-        if choice is None:
-            return Decision("quit", reason="the approval was withdrawn")
-        action, new_code = choice
-        return Decision(action, new_code)
+        return choice or Decision("quit", reason="the approval was withdrawn")
 
     def pump(self) -> None:
         """In the waiting (main) thread: print queued progress, answer approval prompts."""

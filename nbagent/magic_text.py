@@ -15,6 +15,8 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from nbagent.events import Decision
+
 __all__ = [
     "FLAGS",
     "VALUED",
@@ -182,24 +184,24 @@ def inputs_context(values: Mapping[str, Any], outputs: Sequence[str]) -> str:
     return "\n\n".join(parts)
 
 
-def ask_in_text(step: int, code: str) -> tuple[str, str]:
+def ask_in_text(step: int, code: str) -> Decision:
     """Text approval: show the code, ask run / skip / edit / quit (terminal, no widgets)."""
     body = "\n".join(f"  │ {line}" for line in code.splitlines())
     print(f"\n── step {step}: the agent wants to run ──\n{body}")
     while True:
         reply = input("Run it? [r]un / [s]kip / [e]dit / [q]uit: ").strip().lower()
         if reply in ("", "r", "run", "y", "yes"):
-            return ("run", code)
+            return Decision("run", code)
         if reply in ("s", "skip", "n", "no"):
-            return ("skip", code)
+            return Decision("skip", code, "the user skipped this code")
         if reply in ("q", "quit"):
-            return ("quit", code)
+            return Decision("quit", code, "the user quit at approval")
         if reply in ("e", "edit"):
             print("Type the code to run; end with a line holding only '.'")
             lines = []
             while (line := input()) != ".":
                 lines.append(line)
-            return ("run", "\n".join(lines))
+            return Decision("run", "\n".join(lines), "edited by the user")
 
 
 _AGENT_LINE = re.compile(

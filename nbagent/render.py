@@ -1,8 +1,8 @@
-"""A run without widgets: terminal text and a static, sanitised HTML summary.
+"""A run without widgets: a static, sanitised HTML summary (and the panel's HTML pieces).
 
-Terminal IPython has no widgets and nbconvert cannot run them, yet both should show what the
-agent did. :class:`TextRenderer` turns events into readable progress lines as they come
-(:func:`render_text` for a whole run); :func:`render_html` turns a run into one self-contained
+nbconvert cannot run widgets, yet a saved notebook should show what the agent did (terminal
+text is :mod:`nbagent.progress`, the one terminal view). :func:`render_html` turns a run into
+one self-contained
 HTML fragment — styles inlined in a scoped ``<style>``, images as ``data:`` URLs — that is shown
 after a run so a saved notebook still tells the story.
 
@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import functools
 import json
-import re
 from collections.abc import Iterable
-from html import escape, unescape
+from html import escape
 from typing import Any
 
 import pygments
@@ -27,9 +26,9 @@ from pygments.lexers import PythonLexer
 from nbagent import events as ev
 from nbagent.sanitize import safe_output, safe_str
 from nbagent.text import shorten, strip_ansi
-from nbagent.view import RunLog, RunView, StepView, names_text, strip_code_blocks
+from nbagent.view import STATUS, RunLog, RunView, StepView, seconds, strip_code_blocks
 
-__all__ = ["CSS", "TextRenderer", "render_html", "render_text"]
+__all__ = ["CSS", "render_html"]
 
 _V = "var(--jp-{}, {})".format
 _FG, _FG2, _FG3 = _V("ui-font-color1", "inherit"), _V("ui-font-color2", "#666"), "#888"
@@ -42,24 +41,6 @@ _COLORS = {
     "red": _V("error-color1", "#d32f2f"),
     "amber": _V("warn-color1", "#f57c00"),
     "grey": _V("ui-font-color2", "#757575"),
-}
-#: status -> (colour, label) for badges and the coloured edge of step cards.
-_STATUS = {
-    "running": ("blue", "● running"),
-    "stopping": ("amber", "■ stopping…"),
-    "answered": ("green", "✓ answered"),
-    "limit": ("amber", "⚠ limit reached"),
-    "stopped": ("grey", "■ stopped"),
-    "failed": ("red", "✕ failed"),
-    "thinking": ("blue", "thinking…"),
-    "ok": ("green", "✓ ok"),
-    "error": ("red", "✕ error"),
-    "timeout": ("amber", "◷ timed out"),
-    "died": ("red", "✕ kernel died"),
-    "skipped": ("grey", "↷ skipped"),
-    "interrupted": ("amber", "■ interrupted"),
-    "reply": ("grey", "no code"),
-    "approval": ("amber", "◷ awaiting approval"),
 }
 _HL = {
     "keyword": ("k kn kc kd kr kp kt ow", "#008000", "font-weight:600"),
@@ -181,26 +162,14 @@ def _one_line(text: str, limit: int = 300) -> str:
     return shorten(" ".join(safe_str(text).split()), limit)
 
 
-def seconds(value: float | None) -> str:
-    """12.3 s, 2 min 05 s, 1 h 02 min."""
-    if value is None:
-        return ""
-    if value < 60:
-        return f"{value:.1f} s" if value < 10 else f"{value:.0f} s"
-    minutes, sec = divmod(int(value), 60)
-    if minutes < 60:
-        return f"{minutes} min {sec:02d} s"
-    return f"{minutes // 60} h {minutes % 60:02d} min"
-
-
 def badge(status: str) -> str:
     """A coloured status pill."""
-    colour, label = _STATUS.get(status, ("grey", status))
+    colour, label = STATUS.get(status, ("grey", status))
     return f'<span class="nba-badge nba-c-{colour}">{_esc(label)}</span>'
 
 
 def status_colour(status: str) -> str:
-    return _STATUS.get(status, ("grey", ""))[0]
+    return STATUS.get(status, ("grey", ""))[0]
 
 
 _FORMATTER = HtmlFormatter(nowrap=True, classprefix="nba-h-")
@@ -397,143 +366,3 @@ def log_html(log: RunLog) -> str:
         body += [_step_static(view) for view in run.steps.values()]
         body.append(notices_html(run) + answer_html(run))
     return f'<div class="nbagent nbagent-static"><style>{CSS}</style>{"".join(body)}</div>'
-
-
-class TextRenderer:
-    """Readable progress lines for a terminal, one event at a time (``feed`` returns text)."""
-
-    def __init__(self) -> None:
-        self._shown: dict[tuple[int, int], str] = {}
-        self._runs = 0
-
-    def feed(self, event: ev.Event) -> str:
-        """Return what to print for ``event`` (possibly ``""``), ending with a newline."""
-        text = self._text(event) if isinstance(event, ev.AnyEvent) else ""
-        return strip_ansi(safe_str(text)) + "\n" if text else ""
-
-    def _text(self, event: ev.AnyEvent) -> str:
-        match event:
-            case ev.RunStarted():
-                return self._RunStarted(event)
-            case ev.StepStarted():
-                return self._StepStarted(event)
-            case ev.ModelReplied():
-                return self._ModelReplied(event)
-            case ev.PlanMade():
-                return self._PlanMade(event)
-            case ev.CodeProposed():
-                return self._CodeProposed(event)
-            case ev.CodeSkipped():
-                return self._CodeSkipped(event)
-            case ev.CellOutput():
-                return self._CellOutput(event)
-            case ev.CellCleared():
-                return self._CellCleared(event)
-            case ev.CellFinished():
-                return self._CellFinished(event)
-            case ev.ToolCalled():
-                return self._ToolCalled(event)
-            case ev.Notice():
-                return self._Notice(event)
-            case ev.KernelStatus():
-                return self._KernelStatus(event)
-            case ev.RunFinished():
-                return self._RunFinished(event)
-            case (
-                ev.TextDelta() | ev.ModelRetry() | ev.InputsPushed() | ev.Observation()
-                | ev.NotebookCells()
-            ):  # fmt: skip
-                return ""  # the reply is shown whole; retries come as notices; cells are the user's
-            case _:
-                ev.unhandled(event)
-
-    def _RunStarted(self, e: ev.RunStarted) -> str:
-        self._shown.clear()
-        self._runs += 1
-        what = "follow-up" if e.turn > 1 else "task"
-        return f"{'' if self._runs == 1 else chr(10)}▶ nbagent · {e.model} · {what}: {e.task}"
-
-    def _StepStarted(self, e: ev.StepStarted) -> str:
-        self._shown.clear()
-        return f"\n── step {e.step} " + "─" * 40
-
-    def _ModelReplied(self, e: ev.ModelReplied) -> str:
-        return strip_code_blocks(e.text)
-
-    def _PlanMade(self, e: ev.PlanMade) -> str:
-        return f"Plan: {e.text}"
-
-    def _CodeProposed(self, e: ev.CodeProposed) -> str:
-        return "\n".join("  │ " + line for line in e.code.splitlines())
-
-    def _CodeSkipped(self, e: ev.CodeSkipped) -> str:
-        return f"  ↷ skipped: {e.reason}"
-
-    def _CellOutput(self, e: ev.CellOutput) -> str:
-        return self._output(e.step, e.index, e.output)
-
-    def _CellCleared(self, e: ev.CellCleared) -> str:
-        self._shown = {k: v for k, v in self._shown.items() if k[0] != e.step}
-        return ""
-
-    def _output(self, step: int, index: int, output: dict[str, Any]) -> str:
-        out = safe_output(output)
-        key = (step, index)
-        if out["output_type"] == "stream":
-            before, text = self._shown.get(key, ""), out["text"]
-            self._shown[key] = text
-            return (text[len(before) :] if text.startswith(before) else text).rstrip("\n")
-        if key in self._shown:
-            return ""
-        self._shown[key] = "shown"
-        if out["output_type"] == "error":
-            lines = "\n".join(out["traceback"][-40:]) or f"{out['ename']}: {out['evalue']}"
-            return lines
-        data = out["data"]
-        images = [m for m in data if m.startswith("image/")]
-        if images or ("text/html" in data and "<img" in data["text/html"]):
-            return f"[{', '.join(images) or 'image'}]"
-        if "text/plain" not in data and "text/html" in data:
-            return _html_as_text(data["text/html"])
-        return data.get("text/plain", "")
-
-    def _CellFinished(self, e: ev.CellFinished) -> str:
-        missed = [self._output(e.step, i, o) for i, o in enumerate(e.outputs)]
-        status = _STATUS.get(e.status, ("", e.status))[1]
-        line = f"  {status} · {seconds(e.duration)}" + (f" · {e.note}" if e.note else "")
-        names = names_text(e.new_names, e.changed_names)
-        line += f" · {names}" if names else ""
-        return "\n".join([*(m for m in missed if m), line])
-
-    def _ToolCalled(self, e: ev.ToolCalled) -> str:
-        result = f"error: {e.error}" if e.error else _one_line(repr(e.result), 120)
-        return f"  ↳ {e.name}({_one_line(json.dumps(e.arguments, default=str), 120)}) → {result}"
-
-    def _Notice(self, e: ev.Notice) -> str:
-        return f"! {e.level}: {e.message}"
-
-    def _KernelStatus(self, e: ev.KernelStatus) -> str:
-        if e.status in ("ready", "idle", "busy"):
-            return ""
-        return f"  [kernel {e.status}{': ' + e.detail if e.detail else ''}]"
-
-    def _RunFinished(self, e: ev.RunFinished) -> str:
-        facts = f"{e.steps} step{'s' * (e.steps != 1)} · {seconds(e.duration)}"
-        if e.usage.total_tokens:
-            facts += f" · {e.usage.total_tokens:,} tokens"
-        if e.status == "answered":
-            return f"\n★ Answer: {e.answer}\n  ({facts})"
-        what = f"{e.error_type}: {e.reason}" if e.error_type else e.reason
-        return f"\n■ {e.status}: {what}\n  ({facts})"
-
-
-def _html_as_text(html: str) -> str:
-    text = re.sub(r"<(br|/p|/div|/tr|/li|/h\d)\b[^>]*>", "\n", html, flags=re.I)
-    text = re.sub(r"<(/td|/th)\b[^>]*>", "  ", text, flags=re.I)
-    return unescape(re.sub(r"<[^>]*>", "", text)).strip()
-
-
-def render_text(events: Iterable[ev.Event]) -> str:
-    """The whole run as terminal text (what :class:`TextRenderer` prints live)."""
-    renderer = TextRenderer()
-    return "".join(renderer.feed(event) for event in events)

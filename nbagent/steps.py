@@ -11,17 +11,18 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from nbagent.actions import assistant_message, read_reply, refusals, tools_for
 from nbagent.errors import ModelResponseError
 from nbagent.events import (
+    Approval,
     CellCleared,
     CellFinished,
     CellOutput,
     CodeProposed,
     CodeSkipped,
+    Decision,
     Event,
     KernelStatus,
     ModelReplied,
@@ -43,16 +44,7 @@ if TYPE_CHECKING:
 __all__ = ["Approver", "Decision", "Finish", "StepRunner", "find_answer"]
 
 
-@dataclass(frozen=True)
-class Decision:
-    """An approver's answer about one code cell: run it (possibly edited), skip it, or quit."""
-
-    action: Literal["run", "skip", "quit"]
-    code: str = ""
-    reason: str = ""
-
-
-#: Awaited with (step, code) before a cell runs.
+#: Awaited with (step, code) before a cell runs (``Decision`` is :class:`nbagent.events.Decision`).
 Approver = Callable[[int, str], Awaitable[Decision]]
 
 
@@ -183,7 +175,9 @@ class StepRunner:
         approve = self.agent.approve
         if approve is None:
             return code
+        self.emit(Approval(step=step, code=code))
         decision = await approve(step, code)
+        self.emit(Approval(step=step, code=code, decision=decision))
         if decision.action == "quit":
             self.emit(CodeSkipped(step=step, code=code, reason=decision.reason or "quit"))
             raise Finish("stopped", decision.reason or "stopped at approval")

@@ -83,6 +83,7 @@ SKIP_TAGS = ("skip-execution", "nbval-skip")
 #: The event types a transcript does not store.
 _NOT_STORED = (
     ev.KernelStatus,
+    ev.Approval,  # the record keeps what was decided: CodeProposed.original, CodeSkipped
     ev.StepStarted,
     ev.TextDelta,
     ev.ModelRetry,

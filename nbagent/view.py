@@ -20,9 +20,41 @@ from typing import Any
 
 from nbagent import events as ev
 
-__all__ = ["RunLog", "RunView", "StepView"]
+__all__ = ["STATUS", "RunLog", "RunView", "StepView", "seconds"]
 
 _FENCE = re.compile(r"```[^\n]*\n.*?(?:```|$)", re.S)
+
+#: status -> (colour, label): the badges and coloured step edges of the HTML views, and the
+#: labels and colours of the terminal view (one table, so every view names a status alike).
+STATUS = {
+    "running": ("blue", "● running"),
+    "stopping": ("amber", "■ stopping…"),
+    "answered": ("green", "✓ answered"),
+    "limit": ("amber", "⚠ limit reached"),
+    "stopped": ("grey", "■ stopped"),
+    "failed": ("red", "✕ failed"),
+    "thinking": ("blue", "thinking…"),
+    "ok": ("green", "✓ ok"),
+    "error": ("red", "✕ error"),
+    "timeout": ("amber", "◷ timed out"),
+    "died": ("red", "✕ kernel died"),
+    "skipped": ("grey", "↷ skipped"),
+    "interrupted": ("amber", "■ interrupted"),
+    "reply": ("grey", "no code"),
+    "approval": ("amber", "◷ awaiting approval"),
+}
+
+
+def seconds(value: float | None) -> str:
+    """12.3 s, 2 min 05 s, 1 h 02 min."""
+    if value is None:
+        return ""
+    if value < 60:
+        return f"{value:.1f} s" if value < 10 else f"{value:.0f} s"
+    minutes, sec = divmod(int(value), 60)
+    if minutes < 60:
+        return f"{minutes} min {sec:02d} s"
+    return f"{minutes // 60} h {minutes % 60:02d} min"
 
 
 @dataclass
@@ -37,7 +69,8 @@ class StepView:
     code: str | None = None
     #: thinking, running, ok, error, timeout, died, skipped, interrupted, or reply (no code).
     status: str = "thinking"
-    #: None, or the approval state: pending, editing, run, edited, skip, cancelled.
+    #: None, or the approval state from ``Approval`` events: pending, run, edited, skip, quit;
+    #: cancelled when the step ended while it was still pending.
     approval: str | None = None
     outputs: list[dict[str, Any]] = field(default_factory=list)
     outputs_final: bool = False
@@ -143,7 +176,7 @@ class RunLog:
             view.status = "interrupted"
         elif view.status == "thinking":
             view.status = "reply"
-        if view.approval in ("pending", "editing"):
+        if view.approval == "pending":
             view.approval = "cancelled"
         view.streaming = False
         view.outputs_final = True
@@ -171,6 +204,8 @@ class RunLog:
                 self._on_ModelReplied(event)
             case ev.PlanMade():
                 self._on_PlanMade(event)
+            case ev.Approval():
+                self._on_Approval(event)
             case ev.CodeProposed():
                 self._on_CodeProposed(event)
             case ev.CodeSkipped():
@@ -268,6 +303,18 @@ class RunLog:
             view.plan = e.text
             view.rev += 1
 
+    def _on_Approval(self, e: ev.Approval) -> None:
+        if (view := self._live(e.step)) is None:
+            return
+        view.approval, decision = e.state, e.decision
+        if decision is None:
+            view.code, view.status = e.code, "approval"
+        elif decision.action == "run":
+            view.code, view.status = decision.code or e.code, "running"
+        else:
+            view.status = "skipped"
+        view.rev += 1
+
     def _on_CodeProposed(self, e: ev.CodeProposed) -> None:
         if (view := self._live(e.step)) is not None:
             view.code = e.code
@@ -275,8 +322,6 @@ class RunLog:
             view.streaming = False
             view.status = "running"
             view.started = e.time
-            if view.approval in ("pending", "editing"):
-                view.approval = "run"
             view.rev += 1
 
     def _on_CodeSkipped(self, e: ev.CodeSkipped) -> None:
@@ -285,8 +330,6 @@ class RunLog:
             view.text = strip_code_blocks(view.text) if view.code else view.text
             view.status, view.note = "skipped", e.reason
             view.outputs_final = True
-            if view.approval in ("pending", "editing"):
-                view.approval = "skip"
             view.rev += 1
 
     def _on_CellOutput(self, e: ev.CellOutput) -> None:

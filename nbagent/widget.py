@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from html import escape
-from typing import Any, Literal
+from typing import Any
 
 import ipywidgets as w
 
@@ -49,10 +49,7 @@ from nbagent.render import (
 from nbagent.sanitize import safe_output, safe_str
 from nbagent.view import RunLog, RunView, StepView
 
-__all__ = ["AgentPanel", "ApprovalDecision"]
-
-#: ``("run", code)`` — run this (possibly edited) code; ``("skip", code)`` — do not run it.
-ApprovalDecision = tuple[Literal["run", "skip"], str]
+__all__ = ["AgentPanel"]
 
 #: Outputs of one step shown in the panel (the last ones; the transcript keeps them all).
 MAX_OUTPUTS = 100
@@ -62,6 +59,7 @@ _APPROVAL_NOTES = {
     "run": "✓ approved",
     "edited": "✎ edited, then approved",
     "skip": "↷ skipped by you",
+    "quit": "■ stopped at approval",
     "cancelled": "approval cancelled",
 }
 
@@ -77,6 +75,8 @@ class _StepWidgets:
     rev: int = -1
     out_rev: int = -1
     approval_state: str | None = None
+    #: Edit was clicked: the code is in a Textarea (the panel's own state, not the run's).
+    editing: bool = False
     textarea: w.Textarea | None = None
     done: bool = False
     cache: dict[int, tuple[dict[str, Any], dict[str, Any]]] = field(default_factory=dict)
@@ -152,7 +152,7 @@ class AgentPanel:
         self._closed = False
         self._stop_clicked = False
         self._message = ""
-        self._approvals: dict[tuple[int, int], concurrent.futures.Future[ApprovalDecision]] = {}
+        self._approvals: dict[tuple[int, int], concurrent.futures.Future[ev.Decision]] = {}
         self._runs: list[_RunWidgets] = []
         #: Number of flushes that wrote widgets (for tests and curiosity).
         self.flushes = 0
@@ -210,21 +210,20 @@ class AgentPanel:
 
     __call__ = handle
 
-    def request_approval(self, step: int, code: str) -> concurrent.futures.Future[ApprovalDecision]:
-        """Show ``code`` with Run / Edit / Skip buttons; the future resolves with the choice.
+    def request_approval(self, step: int, code: str) -> concurrent.futures.Future[ev.Decision]:
+        """Offer Run / Edit / Skip for ``code``; the future resolves with the user's Decision.
 
-        Safe to call from any thread (``asyncio.wrap_future`` makes it awaitable). Cancelling
-        the future withdraws the buttons; the run finishing cancels it.
+        The buttons show while the step's view says the code awaits approval, which only the
+        ``Approval`` event says (the step runner emits it before asking): the panel keeps the
+        future, never the state. Safe to call from any thread (``asyncio.wrap_future`` makes
+        it awaitable). Cancelling the future withdraws it; the run finishing cancels it.
         """
-        future: concurrent.futures.Future[ApprovalDecision] = concurrent.futures.Future()
+        future: concurrent.futures.Future[ev.Decision] = concurrent.futures.Future()
         with self._lock:
-            view = self._log.step(step)
-            view.code, view.status, view.approval = code, "approval", "pending"
-            view.rev += 1
             key = (len(self._log.runs) - 1, step)
             old = self._approvals.pop(key, None)
             self._approvals[key] = future
-            self._changed()
+            self._redraw(key)
         if old is not None:
             old.cancel()
         future.add_done_callback(lambda f: self._approval_done(key, f))
@@ -360,7 +359,7 @@ class AgentPanel:
             if sw.foot.value != foot:
                 sw.foot.value = foot
             _show(sw.foot, bool(foot))
-            if view.approval != sw.approval_state:
+            if self._approval_state(run_index, view, sw) != sw.approval_state:
                 self._draw_approval(run_index, view, sw)
         if sw.out_rev != view.out_rev:
             sw.out_rev = view.out_rev
@@ -396,9 +395,8 @@ class AgentPanel:
                 self.on_widget(widget)
 
     def _draw_approval(self, run_index: int, view: StepView, sw: _StepWidgets) -> None:
-        state = view.approval
-        sw.approval_state = state
         key = (run_index, view.step)
+        state = sw.approval_state = self._approval_state(run_index, view, sw)
         children: list[w.Widget] = []
         if state in ("pending", "editing"):
             run = _button("▶ Run", "nba-primary", "Run this code")
@@ -406,7 +404,7 @@ class AgentPanel:
             skip.on_click(lambda _b: self._decide(key, "skip"))
             if state == "pending":
                 edit = _button("✎ Edit", "nba-quiet", "Edit the code before running it")
-                edit.on_click(lambda _b: self._set_approval(key, "editing"))
+                edit.on_click(lambda _b: self._edit(key))
                 run.on_click(lambda _b: self._decide(key, "run"))
                 hint = w.HTML('<span class="nba-dim">Waiting for your approval</span>')
                 self._adopt(run, edit, skip)
@@ -432,48 +430,61 @@ class AgentPanel:
             widget.close()
         _show(sw.approval, bool(children))
 
-    def _set_approval(self, key: tuple[int, int], state: str) -> None:
+    def _widgets(self, key: tuple[int, int]) -> _StepWidgets | None:
+        run_index, number = key
+        return self._runs[run_index].steps.get(number) if run_index < len(self._runs) else None
+
+    def _edit(self, key: tuple[int, int]) -> None:
+        """Edit clicked: show the code in a Textarea (a redraw of this step's widgets only)."""
         with self._lock:
-            run_index, number = key
-            if run_index >= len(self._log.runs):
+            sw = self._widgets(key)
+            if sw is None or key not in self._approvals:
                 return
-            view = self._log.runs[run_index].steps.get(number)
-            if view is None or view.frozen:
-                return
-            view.approval = state
-            if state in ("run", "edited"):
-                view.status = "running"
-            elif state == "skip":
-                view.status = "skipped"
-            view.rev += 1
-            self._changed()
+            sw.editing = True
+            self._redraw(key)
+
+    def _redraw(self, key: tuple[int, int]) -> None:
+        """Draw this step again at the next flush (its buttons changed, not its view)."""
+        sw = self._widgets(key)
+        if sw is not None:
+            sw.rev = -1
+        self._changed()
+
+    def _approval_state(self, run_index: int, view: StepView, sw: _StepWidgets) -> str | None:
+        """The approval box: the view's state; the buttons only while this panel holds the
+        request (between the request and the answer), as a Textarea once Edit was clicked."""
+        if view.approval != "pending":
+            return view.approval
+        if (run_index, view.step) not in self._approvals:
+            return "waiting"  # asked elsewhere, answered, or withdrawn: the event will say
+        return "editing" if sw.editing else "pending"
 
     def _decide(self, key: tuple[int, int], choice: str) -> None:
+        """A button answered: resolve the future; the ``Approval`` event that the step runner
+        emits with the decision is what redraws the step (run, edited, skipped)."""
         with self._lock:
             future = self._approvals.get(key)
             run_index, number = key
             view = self._log.runs[run_index].steps.get(number)
             code = (view.code or "") if view is not None else ""
-            if choice == "edited":
-                sw = self._runs[run_index].steps.get(number)
-                if sw is not None and sw.textarea is not None:
-                    code = safe_str(sw.textarea.value)
-                    if view is not None:
-                        view.code = code
+            sw = self._widgets(key)
+            if choice == "edited" and sw is not None and sw.textarea is not None:
+                code = safe_str(sw.textarea.value)
         if future is None or future.done():
             return
-        self._set_approval(key, choice)
-        future.set_result(("skip" if choice == "skip" else "run", code))
+        if choice == "skip":
+            future.set_result(ev.Decision("skip", code, "the user skipped this code"))
+        else:
+            reason = "edited by the user" if choice == "edited" else ""
+            future.set_result(ev.Decision("run", code, reason))
 
     def _approval_done(
-        self, key: tuple[int, int], future: concurrent.futures.Future[ApprovalDecision]
+        self, key: tuple[int, int], future: concurrent.futures.Future[ev.Decision]
     ) -> None:
         with self._lock:
-            current = self._approvals.get(key) is future
-            if current:
+            if self._approvals.get(key) is future:  # not when a newer request replaced it
                 del self._approvals[key]
-        if current and future.cancelled():  # not when a newer request replaced it
-            self._set_approval(key, "cancelled")
+                self._redraw(key)
 
     def _cancel_approvals(self) -> None:
         with self._lock:

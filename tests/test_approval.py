@@ -17,8 +17,9 @@ import pytest
 from nbagent.agent import Agent
 from nbagent.approval import TerminalApprover
 from nbagent.errors import ConfigError
-from nbagent.events import CellFinished, CodeProposed, CodeSkipped
+from nbagent.events import Approval, CellFinished, CodeProposed, CodeSkipped
 from nbagent.steps import Decision
+from nbagent.view import RunLog
 from tests.llm_fixtures import ScriptedServer, scripted_model
 
 CODE = "x = 21\nprint(x)"
@@ -233,6 +234,13 @@ def test_skipped_code_never_runs_and_the_model_is_told(
     assert [e.reason for e in skipped] == ["the user skipped this code"]
     ran = [e.code for e in result.events if isinstance(e, CellFinished)]
     assert ran == ["final_answer('done')"]
+    asked = [(e.step, e.state) for e in result.events if isinstance(e, Approval)]
+    assert asked == [(1, "pending"), (1, "skip"), (2, "pending"), (2, "run")]
+    log = RunLog()
+    for event in result.events:
+        log.apply(event)
+    assert log.current is not None
+    assert [v.approval for v in log.current.steps.values()] == ["skip", "run"]
     told = scripted_openai.chat_requests[1].messages[-1]["content"]
     assert "The code was not run: the user skipped this code" in told
 
@@ -249,6 +257,8 @@ def test_edited_code_runs_as_edited_and_the_model_sees_what_ran(
     assert result.answer == "22"
     proposed = next(e for e in result.events if isinstance(e, CodeProposed))
     assert (proposed.code, proposed.original) == ("x = 22\nprint(x)", CODE)
+    decided = [e for e in result.events if isinstance(e, Approval) and e.decision is not None]
+    assert decided[0].state == "edited" and decided[0].code == CODE
     told = scripted_openai.chat_requests[1].messages[-1]["content"]
     assert "The user edited your code before it ran" in told and "x = 22" in told
     assert "<output>\n22\n</output>" in told

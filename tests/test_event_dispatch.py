@@ -12,7 +12,7 @@ import nbformat
 
 from nbagent import events as ev
 from nbagent.progress import Progress
-from nbagent.render import TextRenderer, header_html, render_html
+from nbagent.render import header_html, render_html
 from nbagent.transcript import Transcript
 from nbagent.view import RunLog
 from tests.llm_fixtures import Reply, ScriptedServer, scripted_model
@@ -54,6 +54,8 @@ def every_event() -> list[ev.Event]:
     events += [
         ev.Observation(step=1, text="hi"),
         *reply(2, "Skip this.\n```python\n1/0\n```"),
+        ev.Approval(step=2, code="1/0"),
+        ev.Approval(step=2, code="1/0", decision=ev.Decision("skip", "1/0", "refused")),
         ev.CodeProposed(step=2, code="1/0", reasoning="Skip this."),
         ev.CodeSkipped(step=2, code="1/0", reason="refused"),
         ev.RunFinished(
@@ -76,7 +78,7 @@ def test_every_consumer_folds_every_event_type(tmp_path: Path) -> None:
     events = every_event()
     assert {type(e) for e in events} == all_event_types()
     log = RunLog()
-    text = TextRenderer()
+    text = Progress(live=False, color=False, full=True)
     lines = io.StringIO()
     progress = Progress(lines)
     transcript = Transcript(tmp_path / "run.ipynb")
@@ -89,6 +91,7 @@ def test_every_consumer_folds_every_event_type(tmp_path: Path) -> None:
     run = log.current
     assert run is not None and run.status == "answered" and run.answer == "42"
     assert [s.status for s in run.steps.values()] == ["ok", "skipped"]
+    assert run.steps[2].approval == "skip" and run.steps[1].approval is None
     assert run.steps[1].tools[0].name == "lookup" and run.steps[1].plan
     header = header_html(run)
     assert "starting" not in header and "answered" in header

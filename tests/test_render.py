@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 
 from nbagent import events as ev
-from nbagent.render import TextRenderer, highlight, render_html, render_text
+from nbagent.progress import Progress, render_text
+from nbagent.render import highlight, render_html
 from tests.panel_events import (
     ANSWER,
     HOSTILE_TEXT,
@@ -57,12 +58,14 @@ def test_text_has_no_terminal_escapes_and_reads_errors() -> None:
     assert "✕ error" in text
     assert "! warning: model server answered 429" in text
     assert "■ failed: ModelConnectionError: the model server is unreachable" in text
-    hostile = TextRenderer().feed(ev.Notice(level="info", message="a\x1b]0;pwn\x07b\x1b[2Jc"))
+    hostile = Progress(live=False, color=False, full=True).feed(
+        ev.Notice(level="info", message="a\x1b]0;pwn\x07b\x1b[2Jc")
+    )
     assert hostile == "! info: abc\n"
 
 
 def test_text_streams_each_line_once() -> None:
-    renderer = TextRenderer()
+    renderer = Progress(live=False, color=False, full=True)
     printed = "".join(renderer.feed(e) for e in follow_up_start())
     more = ev.CellOutput(step=1, index=0, output=stream("working 0\nworking 1\nworking 2\n"))
     printed += renderer.feed(more)

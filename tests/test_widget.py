@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 import time
 from collections.abc import Iterator
@@ -300,20 +301,35 @@ def _buttons(box: w.Box) -> dict[str, w.Button]:
     return found
 
 
+def ask(panel: AgentPanel, step: int, code: str) -> concurrent.futures.Future[ev.Decision]:
+    """What the step runner does: say the code awaits approval, then ask the approver."""
+    panel.handle(ev.Approval(step=step, code=code))
+    return panel.request_approval(step, code)
+
+
+def decided(panel: AgentPanel, step: int, code: str, decision: ev.Decision) -> None:
+    """What the step runner says once the approver answered."""
+    panel.handle(ev.Approval(step=step, code=code, decision=decision))
+    panel.flush()
+
+
 def test_approval_run_edit_skip(panel: AgentPanel) -> None:
     start(panel)
-    future = panel.request_approval(1, "print('hi')")
+    future = ask(panel, 1, "print('hi')")
     panel.flush()
     sw = step_widgets(panel, 1)
     assert "awaiting approval" in sw.top.value and "print" in sw.top.value
     assert set(_buttons(sw.approval)) == {"▶ Run", "✎ Edit", "↷ Skip"}
     _buttons(sw.approval)["▶ Run"].click()
-    assert future.result(0) == ("run", "print('hi')")
+    assert future.result(0) == ev.Decision("run", "print('hi')")
     panel.flush()
+    assert not _buttons(sw.approval)  # answered: the buttons go, the event says what follows
+    assert panel.runs[0].steps[1].approval == "pending"  # the view changes only by events
+    decided(panel, 1, "print('hi')", future.result(0))
     assert "approved" in sw.approval.children[0].value
 
     panel.handle(ev.StepStarted(step=2))
-    future = panel.request_approval(2, "delete_everything()")
+    future = ask(panel, 2, "delete_everything()")
     panel.flush()
     sw = step_widgets(panel, 2)
     _buttons(sw.approval)["✎ Edit"].click()
@@ -321,24 +337,27 @@ def test_approval_run_edit_skip(panel: AgentPanel) -> None:
     assert sw.textarea is not None and sw.textarea.value == "delete_everything()"
     sw.textarea.value = "print('safer')"
     _buttons(sw.approval)["▶ Run edited"].click()
-    assert future.result(0) == ("run", "print('safer')")
-    panel.flush()
+    assert future.result(0) == ev.Decision("run", "print('safer')", "edited by the user")
+    decided(panel, 2, "delete_everything()", future.result(0))
     assert "edited" in sw.approval.children[0].value
+    assert "safer" in sw.top.value and panel.runs[0].steps[2].approval == "edited"
 
     panel.handle(ev.StepStarted(step=3))
-    future = panel.request_approval(3, "rm()")
+    future = ask(panel, 3, "rm()")
     panel.flush()
     _buttons(step_widgets(panel, 3).approval)["↷ Skip"].click()
-    assert future.result(0) == ("skip", "rm()")
+    assert future.result(0) == ev.Decision("skip", "rm()", "the user skipped this code")
+    decided(panel, 3, "rm()", future.result(0))
+    assert "skipped by you" in step_widgets(panel, 3).approval.children[0].value
 
 
 def test_approval_awaited_on_the_agent_loop(panel: AgentPanel) -> None:
     start(panel)
 
-    async def agent_side() -> tuple[str, str]:
-        return await asyncio.wrap_future(panel.request_approval(1, "x = 1"))
+    async def agent_side() -> ev.Decision:
+        return await asyncio.wrap_future(ask(panel, 1, "x = 1"))
 
-    result: list[tuple[str, str]] = []
+    result: list[ev.Decision] = []
     thread = threading.Thread(target=lambda: result.append(_sync.run_sync(agent_side())))
     thread.start()
 
@@ -353,18 +372,20 @@ def test_approval_awaited_on_the_agent_loop(panel: AgentPanel) -> None:
     wait_until(shown)
     _buttons(step_widgets(panel, 1).approval)["▶ Run"].click()  # the user, on the main thread
     thread.join(10)
-    assert result == [("run", "x = 1")]
+    assert result == [ev.Decision("run", "x = 1")]
 
 
 def test_approval_withdrawn_when_cancelled_or_run_ends(panel: AgentPanel) -> None:
     start(panel)
-    future = panel.request_approval(1, "x")
+    future = ask(panel, 1, "x")
     future.cancel()
     panel.flush()
-    assert "cancelled" in step_widgets(panel, 1).approval.children[0].value
+    assert not _buttons(step_widgets(panel, 1).approval)  # withdrawn: nothing to click
+    decided(panel, 1, "x", ev.Decision("quit", reason="the approval was withdrawn"))
+    assert "stopped at approval" in step_widgets(panel, 1).approval.children[0].value
     panel.handle(ev.StepStarted(step=2))
-    replaced = panel.request_approval(2, "y0")
-    pending = panel.request_approval(2, "y")  # a newer request for the same step wins
+    replaced = ask(panel, 2, "y0")
+    pending = ask(panel, 2, "y")  # a newer request for the same step wins
     assert replaced.cancelled() and not pending.done()
     panel.flush()
     assert "▶ Run" in _buttons(step_widgets(panel, 2).approval)
@@ -375,6 +396,7 @@ def test_approval_withdrawn_when_cancelled_or_run_ends(panel: AgentPanel) -> Non
     )
     assert pending.cancelled()
     assert not _buttons(step_widgets(panel, 2).approval)
+    assert "cancelled" in step_widgets(panel, 2).approval.children[0].value
 
 
 def test_many_outputs_are_bounded(panel: AgentPanel) -> None:
