@@ -35,6 +35,7 @@ from nbagent.errors import AuthenticationError, ConfigError, NbAgentError, Trans
 
 if TYPE_CHECKING:
     from nbagent.agent import Agent
+    from nbagent.options import AgentOptions
     from nbagent.kernel.gateway import Gateway
     from nbagent.transcript import Transcript
 
@@ -501,27 +502,24 @@ def _cmd_run(args: argparse.Namespace) -> int:
     else:
         workdir = prepare_run_dir(None if fresh else (base or "."), args.data)
     try:
-        agent = Agent(
-            args.model,
-            base_url=args.base_url,
-            vision=args.vision,
-            max_steps=args.max_steps,
-            step_timeout=args.step_timeout,
-            time_limit=args.time_limit,
-            token_budget=args.token_budget,
+        options = _agent_options(
+            args,
             workdir=workdir,
             env=args.env,
-            on_event=None if args.quiet else Progress(sys.stderr),
-            approve=approver,
             resource_limits=limits,
             tools=tools,
-            mcp=args.mcp,
             tool_timeout=args.tool_timeout,
             action=args.action,
             planning_interval=args.plan_every,
             gateway=gateway,
             data=args.data if gateway is not None else (),
-            kernel=args.kernel_name,
+        )
+        agent = Agent(
+            args.model,
+            base_url=args.base_url,
+            on_event=None if args.quiet else Progress(sys.stderr),
+            approve=approver,
+            options=options,
         )
     except NbAgentError:
         if fresh:
@@ -542,26 +540,37 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     from nbagent.batch import load_tasks, run_batch
 
     tasks = load_tasks(args.tasks, shared_data=args.data)  # every line checked first
+    gateway = _gateway(args)
     report = run_batch(
         tasks,
         args.output,
         concurrency=args.concurrency,
-        gateway=_gateway(args),
+        gateway=gateway,
         agent_options={
             "model": args.model,
             "base_url": args.base_url,
-            "vision": args.vision,
-            "max_steps": args.max_steps,
-            "step_timeout": args.step_timeout,
-            "time_limit": args.time_limit,
-            "token_budget": args.token_budget,
-            "env": args.env,
-            "kernel": args.kernel_name,
-            "mcp": args.mcp,
+            "options": _agent_options(args, env=args.env, gateway=gateway),
         },
         progress=None if args.quiet else sys.stderr,
     )
     return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def _agent_options(args: argparse.Namespace, **settings: Any) -> AgentOptions:
+    """The Agent's settings from the flags every agent command shares, plus ``settings`` (an
+    invalid value is a ConfigError: a one-line usage error)."""
+    from nbagent.options import AgentOptions
+
+    return AgentOptions(
+        vision=args.vision,
+        max_steps=args.max_steps,
+        step_timeout=args.step_timeout,
+        time_limit=getattr(args, "time_limit", None),
+        token_budget=getattr(args, "token_budget", None),
+        kernel=getattr(args, "kernel_name", None),
+        mcp=args.mcp or (),
+        **settings,
+    )
 
 
 def _resumed_workdir(path: str) -> str:
