@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 # public name -> module that defines it
 _EXPORTS: dict[str, str] = {
     "Agent": "nbagent.agent",
+    "AgentOptions": "nbagent.options",
     "AgentPanel": "nbagent.widget",
     "Decision": "nbagent.steps",
     "ExecutionResult": "nbagent.kernel.base",
@@ -34,6 +35,7 @@ __all__ = ["__version__", *sorted(_EXPORTS)]
 if TYPE_CHECKING:
     from nbagent.agent import Agent as Agent
     from nbagent.agent import RunResult as RunResult
+    from nbagent.options import AgentOptions as AgentOptions
     from nbagent.hostguard import protect_host as protect_host
     from nbagent.kernel.base import ExecutionResult as ExecutionResult
     from nbagent.kernel.gateway import Gateway as Gateway
