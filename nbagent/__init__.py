@@ -35,7 +35,6 @@ __all__ = ["__version__", *sorted(_EXPORTS)]
 if TYPE_CHECKING:
     from nbagent.agent import Agent as Agent
     from nbagent.agent import RunResult as RunResult
-    from nbagent.options import AgentOptions as AgentOptions
     from nbagent.hostguard import protect_host as protect_host
     from nbagent.kernel.base import ExecutionResult as ExecutionResult
     from nbagent.kernel.gateway import Gateway as Gateway
@@ -43,6 +42,7 @@ if TYPE_CHECKING:
     from nbagent.kernel.session import KernelSession as KernelSession
     from nbagent.llm import make_model as make_model
     from nbagent.mcptools import McpServer as McpServer
+    from nbagent.options import AgentOptions as AgentOptions
     from nbagent.steps import Decision as Decision
     from nbagent.tools import Tool as Tool
     from nbagent.tools import tool as tool

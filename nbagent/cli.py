@@ -35,7 +35,6 @@ from nbagent.errors import AuthenticationError, ConfigError, NbAgentError, Trans
 
 if TYPE_CHECKING:
     from nbagent.agent import Agent
-    from nbagent.options import AgentOptions
     from nbagent.kernel.gateway import Gateway
     from nbagent.transcript import Transcript
 
@@ -464,6 +463,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     from nbagent.agent import Agent
     from nbagent.kernel.limits import ResourceLimits
+    from nbagent.options import AgentOptions
     from nbagent.progress import Progress
     from nbagent.rundir import prepare_run_dir
     from nbagent.tools import load_tools
@@ -502,7 +502,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     else:
         workdir = prepare_run_dir(None if fresh else (base or "."), args.data)
     try:
-        options = _agent_options(
+        options = AgentOptions.from_flags(
             args,
             workdir=workdir,
             env=args.env,
@@ -538,6 +538,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_batch(args: argparse.Namespace) -> int:
     from nbagent.batch import load_tasks, run_batch
+    from nbagent.options import AgentOptions
 
     tasks = load_tasks(args.tasks, shared_data=args.data)  # every line checked first
     gateway = _gateway(args)
@@ -549,28 +550,11 @@ def _cmd_batch(args: argparse.Namespace) -> int:
         agent_options={
             "model": args.model,
             "base_url": args.base_url,
-            "options": _agent_options(args, env=args.env, gateway=gateway),
+            "options": AgentOptions.from_flags(args, env=args.env, gateway=gateway),
         },
         progress=None if args.quiet else sys.stderr,
     )
     return EXIT_OK if report.ok else EXIT_FAILED
-
-
-def _agent_options(args: argparse.Namespace, **settings: Any) -> AgentOptions:
-    """The Agent's settings from the flags every agent command shares, plus ``settings`` (an
-    invalid value is a ConfigError: a one-line usage error)."""
-    from nbagent.options import AgentOptions
-
-    return AgentOptions(
-        vision=args.vision,
-        max_steps=args.max_steps,
-        step_timeout=args.step_timeout,
-        time_limit=getattr(args, "time_limit", None),
-        token_budget=getattr(args, "token_budget", None),
-        kernel=getattr(args, "kernel_name", None),
-        mcp=args.mcp or (),
-        **settings,
-    )
 
 
 def _resumed_workdir(path: str) -> str:

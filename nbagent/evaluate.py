@@ -361,12 +361,7 @@ def run_command(args: argparse.Namespace) -> int:
         step_timeout=args.step_timeout,
         match=args.match,
         on_result=show,
-        options=AgentOptions(
-            vision=args.vision,
-            max_steps=args.max_steps,
-            step_timeout=args.step_timeout,
-            mcp=args.mcp or (),
-        ),
+        options=AgentOptions.from_flags(args),
     )
     print(f"nbagent: results in {report.output}", file=sys.stderr)
     print(report.summary_line(), flush=True)

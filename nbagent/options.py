@@ -167,6 +167,21 @@ class AgentOptions:
         """The kernel's folder is not on this machine's file system as nbagent sees it."""
         return self.backend is not None or self.gateway is not None
 
+    @classmethod
+    def from_flags(cls, args: Any, **settings: Any) -> AgentOptions:
+        """The settings from the flags the agent commands share (``nbagent run``, ``batch``,
+        ``eval``: an argparse namespace), plus ``settings``."""
+        return cls(
+            vision=args.vision,
+            max_steps=args.max_steps,
+            step_timeout=args.step_timeout,
+            time_limit=getattr(args, "time_limit", None),
+            token_budget=getattr(args, "token_budget", None),
+            kernel=getattr(args, "kernel_name", None),
+            mcp=args.mcp or (),
+            **settings,
+        )
+
     def replace(self, **changes: Any) -> AgentOptions:
         """A new value with ``changes``, checked like the first (this one is unchanged)."""
         unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
