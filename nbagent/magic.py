@@ -443,9 +443,8 @@ class NbAgentMagics(Magics):
             raise UsageError("--approve without widgets asks at a prompt: drop --bg")
         if args.save:
             session.autosave_to(args.save)
-        given = {"max_steps": args.max_steps, "step_timeout": args.step_timeout,
-                 "time_limit": args.time_limit}  # fmt: skip
-        limits = {k: getattr(self, k) if v is None else v for k, v in given.items()}
+        limits = {k: getattr(self, k) if getattr(args, k) is None else getattr(args, k)
+                  for k in ("max_steps", "step_timeout", "time_limit")}  # fmt: skip
         try:  # a new, checked options value for this run: nothing on the live agent is set
             agent.options = agent.options.replace(**limits)
         except NbAgentError as exc:  # "step_timeout must be ..." reads "--step-timeout must ..."
