@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 # public name -> module that defines it
 _EXPORTS: dict[str, str] = {
     "Agent": "nbagent.agent",
+    "AgentOptions": "nbagent.options",
     "AgentPanel": "nbagent.widget",
     "Decision": "nbagent.steps",
     "ExecutionResult": "nbagent.kernel.base",
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
     from nbagent.kernel.session import KernelSession as KernelSession
     from nbagent.llm import make_model as make_model
     from nbagent.mcptools import McpServer as McpServer
+    from nbagent.options import AgentOptions as AgentOptions
     from nbagent.steps import Decision as Decision
     from nbagent.tools import Tool as Tool
     from nbagent.tools import tool as tool

@@ -19,7 +19,7 @@ import asyncio
 import concurrent.futures
 import functools
 import threading
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from typing import Any, ParamSpec, TypeVar
 
 __all__ = ["get_loop", "in_loop_thread", "run_sync", "sync_method"]
@@ -99,3 +99,35 @@ def sync_method(afunc: Callable[P, Awaitable[T]]) -> Callable[P, T]:
     wrapper.__name__ = name[1:] if name.startswith("a") else name
     wrapper.__doc__ = f"Blocking form of :meth:`{name}`.\n\n{afunc.__doc__ or ''}"
     return wrapper
+
+
+def iterate(items: AsyncIterator[T]) -> Iterator[T]:
+    """Iterate, blocking, over ``items`` run on the loop thread (closing the generator early
+    cancels it there); an exception of the iterator is raised here."""
+    import queue
+
+    box: queue.Queue[tuple[str, Any]] = queue.Queue()
+
+    async def pump() -> None:
+        try:
+            async for item in items:
+                box.put(("item", item))
+        except BaseException as exc:
+            box.put(("error", exc))
+            raise
+        finally:
+            box.put(("end", None))
+
+    future = asyncio.run_coroutine_threadsafe(pump(), get_loop())
+    try:
+        while True:
+            kind, item = box.get()
+            if kind == "item":
+                yield item
+            elif kind == "error":
+                raise item
+            else:
+                return
+    finally:
+        if not future.done():
+            future.cancel()

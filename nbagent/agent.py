@@ -23,11 +23,10 @@ import warnings
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from nbagent import _sync, telemetry
 from nbagent._release import Owned, kernel_lost, release_unclosed
-from nbagent.actions import ACTIONS, Action
 from nbagent.errors import ConfigError, ListenerWarning, NbAgentError
 from nbagent.events import (
     Event,
@@ -41,25 +40,24 @@ from nbagent.events import (
 )
 from nbagent.gate import RequestGate
 from nbagent.kernel import _reaper
-from nbagent.kernel.limits import ResourceLimits
-from nbagent.kernel.upload import DataFile, collect_data, describe_data
+from nbagent.kernel.upload import DataFile, describe_data
 from nbagent.llm import make_model
 from nbagent.llm.base import ChatModel, Message
-from nbagent.mcptools import McpServer, hub_for
+from nbagent.mcptools import hub_for
+from nbagent.options import RUN_FIELDS, AgentOptions
 from nbagent.prelude import PRELUDE
 from nbagent.prompts import follow_up, system_prompt, task_message
 from nbagent.steps import Approver, Decision, Finish, StepRunner
 from nbagent.text import safe_text
 from nbagent.toolhost import ToolHost
-from nbagent.tools import Tool, check_tools, describe_tools
+from nbagent.tools import Tool, describe_tools
 from nbagent.workfiles import WorkdirWatch
 
 if TYPE_CHECKING:  # nbformat costs up to seconds to import (jsonschema): load it when used
-    from nbagent.kernel.gateway import Gateway
     from nbagent.kernel.session import KernelSession  # jupyter_client, zmq: after the request
     from nbagent.transcript import Transcript
 
-__all__ = ["Agent", "Decision", "RunResult"]
+__all__ = ["Agent", "AgentOptions", "Decision", "RunResult"]
 
 Listener = Callable[[Event], object]
 
@@ -81,22 +79,6 @@ class RunResult:
         return self.status == "answered"
 
 
-def _name_kernel(options: dict[str, Any], name: str) -> None:
-    """Put kernelspec ``name`` in the kernel options: the gateway's, else a local one (checked
-    now, so an unknown or non-Python name fails before the model is called)."""
-    if options.get("gateway") is not None:
-        from dataclasses import replace
-
-        options["gateway"] = replace(options["gateway"], kernel_name=name)
-    elif options.get("backend") is None:
-        from nbagent.kernel.specs import find_kernelspec
-
-        find_kernelspec(name)
-        options["kernel_name"] = name
-    else:
-        raise ConfigError("a kernel name applies to local or gateway kernels, not to a backend")
-
-
 class Agent:
     """A code agent whose actions run in its own live IPython kernel.
 
@@ -107,37 +89,17 @@ class Agent:
         base_url: the provider's base URL (default from ``$NBAGENT_BASE_URL`` and friends).
         api_key: the provider's key (default from ``$OPENAI_API_KEY`` / ``$ANTHROPIC_API_KEY``).
             It stays in this process: the kernel never sees it.
-        max_steps: model replies per run before the run stops.
-        step_timeout: seconds one cell may run before it is interrupted.
-        time_limit: wall-clock seconds for a whole run (None: no limit).
-        token_budget: total tokens (input + output, all runs of this agent) before it stops.
-        workdir: the kernel's working directory (default: the current directory, where a
-            notebook's files are; the CLI makes a fresh run directory instead, see
-            :func:`nbagent.rundir.prepare_run_dir`).
-        env: names of environment variables to pass to the kernel although they look secret.
-        vision: send images to the model (default: what the model is known to support).
         on_event: called with every event, from the loop thread, before it is yielded.
-        approve: awaited before each cell runs; returns a :class:`Decision`.
-        resource_limits: memory, CPU, process, open-file and file-size bounds for the kernel
-            (:class:`~nbagent.kernel.limits.ResourceLimits`; local kernels only; default off).
-        tools: host functions made with :func:`nbagent.tool` that kernel code may call; they
-            run in this process (see docs/architecture.md, "Tools").
-        tool_timeout: seconds one tool call may take unless the tool sets its own.
-        action: how the model sends code: "code" (fenced blocks in its text) or "tools" (a
-            native ``run_python(code)`` function call, for function-calling models).
-        planning_interval: ask the model for a short plan before step 1 and an update every
-            this many steps (None: no planning).
-        gateway: run the kernel on a Jupyter Kernel Gateway or Enterprise Gateway: its URL or
-            a :class:`~nbagent.kernel.gateway.Gateway` (the token comes from
-            ``$JUPYTER_GATEWAY_AUTH_TOKEN`` unless the Gateway carries one). Also accepted as
-            ``kernel_options["gateway"]``.
-        data: files and directories to upload into the kernel's working directory when it
-            starts (checked now; the model is told which files are there).
-        kernel: the kernelspec that runs the code: an installed Python kernelspec (another
-            environment's Python; ``jupyter kernelspec list``), or with a gateway, the
-            gateway's kernelspec. Default: this Python's ipykernel (a gateway's "python3").
-        mcp: MCP servers whose tools kernel code may call like ``tools`` (``nbagent[mcp]``): a
-            command (stdio), an ``http(s)://`` URL or an :class:`~nbagent.mcptools.McpServer`.
+        approve: awaited before each cell runs; returns a :class:`Decision`
+            (change it between runs with :meth:`set_approver`).
+        options: the settings, an :class:`~nbagent.options.AgentOptions` (default: defaults).
+        **settings: any field of :class:`~nbagent.options.AgentOptions` (``max_steps=15``,
+            ``workdir=...``, ``tools=[...]``); given with ``options``, they win over it.
+
+    The settings are checked once, in :class:`~nbagent.options.AgentOptions`; ``agent.options``
+    is the current value and ``agent.max_steps`` and friends read it. Between runs, assign a
+    new value made with ``agent.options.replace(...)`` (only the limits of
+    :data:`~nbagent.options.RUN_FIELDS` may change on a live agent).
 
     Signals: made in the main thread while SIGTERM has its default action, an Agent installs
     one handler, for SIGTERM, that ends every kernel and raises ``SystemExit(143)``; nothing
@@ -150,87 +112,31 @@ class Agent:
         *,
         base_url: str | None = None,
         api_key: str | None = None,
-        max_steps: int = 20,
-        step_timeout: float = 120.0,
-        time_limit: float | None = None,
-        token_budget: int | None = None,
-        workdir: str | os.PathLike[str] | None = None,
-        env: Sequence[str] = (),
-        vision: bool | None = None,
-        system: str | None = None,
-        instructions: str = "",
-        observation_limit: int = 5_000,
-        max_tokens: int | None = None,
         on_event: Listener | None = None,
         approve: Approver | None = None,
-        kernel_options: Mapping[str, Any] | None = None,
-        resource_limits: ResourceLimits | None = None,
-        tools: Sequence[Tool] = (),
-        tool_timeout: float = 60.0,
-        action: Action = "code",
-        planning_interval: int | None = None,
-        gateway: str | Gateway | None = None,
-        data: Sequence[str | os.PathLike[str] | DataFile] = (),
-        kernel: str | None = None,
-        mcp: Sequence[str | McpServer] = (),
+        options: AgentOptions | None = None,
+        **settings: Any,
     ) -> None:
-        if max_steps < 1:
-            raise ConfigError(f"max_steps must be at least 1, got {max_steps}")
-        if step_timeout <= 0:
-            raise ConfigError(f"step_timeout must be positive, got {step_timeout}")
-        if time_limit is not None and time_limit <= 0:
-            raise ConfigError(f"time_limit must be positive, got {time_limit}")
-        if token_budget is not None and token_budget <= 0:
-            raise ConfigError(f"token_budget must be positive, got {token_budget}")
-        if action not in ACTIONS:
-            raise ConfigError(f"action must be one of {', '.join(ACTIONS)}, got {action!r}")
-        if planning_interval is not None and planning_interval < 1:
-            raise ConfigError(f"planning_interval must be at least 1, got {planning_interval}")
-        if not tool_timeout > 0:
-            raise ConfigError(f"tool_timeout must be positive, got {tool_timeout}")
-        self.tools = check_tools(tools)
-        self.tool_timeout, self._system, self._instructions = tool_timeout, system, instructions
-        self._mcp = hub_for(mcp, taken=[t.name for t in self.tools])
-        self.tool_host = ToolHost(self.tools, timeout=tool_timeout) if self.tools else None
+        opts = options or AgentOptions()
+        opts = opts.replace(**settings) if settings else opts
+        self._options = opts
+        self.tools = opts.tools
+        self._mcp = hub_for(opts.mcp, taken=[t.name for t in self.tools])
+        self.tool_host = ToolHost(self.tools, timeout=opts.tool_timeout) if self.tools else None
         self.tool_names = frozenset(t.name for t in self.tools)
-        self.action: Action = action
-        self.planning_interval = planning_interval
         if isinstance(model, str) or model is None:
             self.model: ChatModel = make_model(
-                model, base_url=base_url, api_key=api_key, vision=vision, max_tokens=max_tokens
+                model,
+                base_url=base_url,
+                api_key=api_key,
+                vision=opts.vision,
+                max_tokens=opts.max_tokens,
             )
         else:
             self.model = model
-        self.max_steps = max_steps
-        self.step_timeout = step_timeout
-        self.time_limit = time_limit
-        self.token_budget = token_budget
-        self.workdir = os.fspath(workdir) if workdir is not None else os.getcwd()
-        if not os.path.isdir(self.workdir):
-            raise ConfigError(f"workdir {self.workdir!r} is not a directory")
-        self.env = tuple(env)
-        self.vision = self.model.vision if vision is None else vision
-        self.observation_limit = observation_limit
-        self.approve = approve
-        self.kernel_options = dict(kernel_options or {})
-        if gateway is not None:
-            self.kernel_options["gateway"] = gateway
-        if self.kernel_options.get("gateway") is not None:  # a bad URL fails now
-            from nbagent.kernel.gateway import Gateway
-
-            if self.kernel_options.get("backend") is not None:
-                raise ConfigError("give either a gateway or a backend, not both")
-            self.kernel_options["gateway"] = Gateway.coerce(self.kernel_options["gateway"])
-        if kernel is not None:
-            _name_kernel(self.kernel_options, kernel)
-        files = collect_data([*self.kernel_options.get("data", ()), *data])
-        if files:
-            self.kernel_options["data"] = files
-        if resource_limits:
-            # A backend or a gateway means nbagent does not launch the kernel: fail now.
-            options = self.kernel_options
-            resource_limits.check_backend(options.get("backend") or options.get("gateway"))
-            self.kernel_options["resource_limits"] = resource_limits
+        self.workdir = os.fspath(opts.workdir) if opts.workdir is not None else os.getcwd()
+        self.vision = self.model.vision if opts.vision is None else opts.vision
+        self._approve = approve
         self.messages: list[Message] = [Message("system", self._system_text(self.tools))]
         self.usage = Usage()
         self.steps = 0
@@ -243,9 +149,9 @@ class Agent:
         self._stop_reason: str | None = None
         self._pending = ""
         #: The files the model is told of (None: the kernel's folder is not on this machine).
-        remote = self.kernel_options.get("backend") or self.kernel_options.get("gateway")
+        files = cast("tuple[DataFile, ...]", opts.data)
         pending = [(f.target, f.size) for f in files]
-        self.files = None if remote else WorkdirWatch(self.workdir, [], pending)
+        self.files = None if opts.remote else WorkdirWatch(self.workdir, [], pending)
         self._context = describe_data(files) if self.files is None else ""
         self._gate = RequestGate(self.model)  # the first request leaves before the kernel starts
         self._trace_parent: Any = None  # the caller's, caught before a blocking run
@@ -254,6 +160,41 @@ class Agent:
         self._finalizer = weakref.finalize(self, release_unclosed, self._owned)
         self._finalizer.atexit = False  # at exit the reaper ends every kernel, silently
         _reaper.install_sigterm_handler()  # works from the main thread only; see its docstring
+
+    # -- settings ------------------------------------------------------------------------------
+
+    @property
+    def options(self) -> AgentOptions:
+        """The agent's settings; assign ``agent.options.replace(...)`` to change a limit."""
+        return self._options
+
+    @options.setter
+    def options(self, new: AgentOptions) -> None:
+        old = self._options
+        shaped = [f for f in _FIELDS - RUN_FIELDS if getattr(new, f) != getattr(old, f)]
+        if shaped:
+            raise ConfigError(
+                f"{shaped[0]} shapes a new Agent; only the limits change between runs"
+            )
+        self._options = new
+
+    def set_approver(self, approve: Approver | None) -> None:
+        """Ask ``approve`` before each cell from the next run on (None: run without asking)."""
+        self._approve = approve
+
+    @property
+    def approve(self) -> Approver | None:
+        return self._approve
+
+    max_steps = property(lambda self: self._options.max_steps)
+    step_timeout = property(lambda self: self._options.step_timeout)
+    time_limit = property(lambda self: self._options.time_limit)
+    token_budget = property(lambda self: self._options.token_budget)
+    observation_limit = property(lambda self: self._options.observation_limit)
+    planning_interval = property(lambda self: self._options.planning_interval)
+    action = property(lambda self: self._options.action)
+    tool_timeout = property(lambda self: self._options.tool_timeout)
+    env = property(lambda self: self._options.env)
 
     # -- listeners and lifecycle -------------------------------------------------------------
 
@@ -310,14 +251,19 @@ class Agent:
         """The kernel session (not started), made once and owned by this Agent."""
         from nbagent.kernel.session import KernelSession
 
-        options = {"cwd": self.workdir, "env_passthrough": self.env, **self.kernel_options}
-        gateway = options.pop("gateway", None)
-        if gateway is not None:  # a backend per session; named variables go along
-            forward = (*self.env, *(options.get("extra_env") or {}))
-            options["backend"] = gateway.backend(forward_env=forward)
+        opts, backend = self._options, self._options.backend
+        if opts.gateway is not None and not isinstance(opts.gateway, str):  # a Gateway (checked)
+            backend = opts.gateway.backend(forward_env=opts.env)  # one per session
         prelude = PRELUDE + (self.tool_host.prelude() if self.tool_host else "")
-        session_class = options.pop("session_class", None) or KernelSession
-        self._kernel = session_class(startup_code=prelude, **options)
+        self._kernel = (opts.session_factory or KernelSession)(
+            startup_code=prelude,
+            cwd=self.workdir,
+            env_passthrough=opts.env,
+            backend=backend,
+            data=opts.data,
+            resource_limits=opts.resource_limits,
+            kernel_name=None if opts.remote else opts.kernel,
+        )
         self._owned.kernel = self._kernel
         return self._kernel
 
@@ -328,12 +274,13 @@ class Agent:
         every = (*self.tools, *await self._mcp.started())
         self.tool_host = ToolHost(every, timeout=self.tool_timeout) if every else None
         self.tool_names = frozenset(t.name for t in every)
-        if self._system is None:
+        if self._options.system is None:
             self.messages[0] = Message("system", self._system_text(every))
 
     def _system_text(self, tools: Sequence[Tool]) -> str:
-        extra = "\n".join(x for x in (describe_tools(tools), self._instructions.strip()) if x)
-        return self._system or system_prompt(extra, action=self.action)
+        instructions = self._options.instructions.strip()
+        extra = "\n".join(x for x in (describe_tools(tools), instructions) if x)
+        return self._options.system or system_prompt(extra, action=self.action)
 
     async def astart(self) -> None:
         """Start the kernel now rather than with the first run (its start overlaps the model's
@@ -418,34 +365,14 @@ class Agent:
     async def aresume(self, source: str | os.PathLike[str] | Transcript) -> Transcript:
         """Continue a saved run: restore its conversation, rebuild kernel state by re-running
         its code, and append the next runs to the same transcript (returned)."""
-        from nbagent.resume import restore_conversation
+        from nbagent.resume import rebuild
         from nbagent.transcript import Transcript
 
         self._bind_loop()
         if self.turns or len(self.messages) > 1:
             raise ConfigError("resume into a fresh Agent: this one already has a conversation")
         transcript = source if isinstance(source, Transcript) else Transcript.load(source)
-        restored = restore_conversation(transcript.nb, self.messages[0].text)
-        self.messages = restored.messages
-        self.steps, self.turns, self.usage = restored.steps, restored.turns, restored.usage
-        self._pending = restored.pending
-        self._notify(
-            KernelStatus(status="restoring", detail=f"re-running {len(restored.code)} cells")
-        )
-        await self._ensure_kernel()
-        assert self._kernel is not None
-        # Host tools are not called again: their recorded results are replayed, as in a plain
-        # re-execution of the transcript; the live stubs come back afterwards.
-        replay = transcript.tool_replay_source()
-        for code in [replay, *restored.code] if replay else restored.code:
-            result = await self._kernel.aexecute(code, timeout=self.step_timeout)
-            if result.status in ("timeout", "died"):
-                self._notify(
-                    Notice(level="warning", message=f"while restoring state: {result.note}")
-                )
-        if replay and self.tool_host is not None:
-            await self._kernel.aexecute(self.tool_host.prelude(), timeout=self.step_timeout)
-        self._notify(KernelStatus(status="ready", detail="state restored"))
+        await rebuild(self, transcript)
         self.add_listener(transcript)
         return transcript
 
@@ -516,34 +443,8 @@ class Agent:
 
     def stream(self, task: str) -> Iterator[Event]:
         """Blocking :meth:`astream`: iterate over events as they happen."""
-        import queue as _queue
-
-        box: _queue.Queue[tuple[str, Any]] = _queue.Queue()
         self._trace_parent = telemetry.capture_context()
-
-        async def pump() -> None:
-            try:
-                async for event in self.astream(task):
-                    box.put(("event", event))
-            except BaseException as exc:
-                box.put(("error", exc))
-                raise
-            finally:
-                box.put(("end", None))
-
-        future = asyncio.run_coroutine_threadsafe(pump(), _sync.get_loop())
-        try:
-            while True:
-                kind, item = box.get()
-                if kind == "event":
-                    yield item
-                elif kind == "error":
-                    raise item
-                else:
-                    return
-        finally:
-            if not future.done():
-                future.cancel()
+        return _sync.iterate(self.astream(task))
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -671,6 +572,9 @@ class Agent:
 
     def _model_label(self) -> str:
         return f"{self.model.provider}:{self.model.name}"
+
+
+_FIELDS = frozenset(AgentOptions.__dataclass_fields__)
 
 
 def _diff(after: Usage, before: Usage) -> Usage:

@@ -134,6 +134,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     from nbagent.agent import Agent
     from nbagent.kernel.limits import ResourceLimits
+    from nbagent.options import AgentOptions
     from nbagent.progress import Progress
     from nbagent.rundir import prepare_run_dir
     from nbagent.tools import load_tools
@@ -172,27 +173,24 @@ def _cmd_run(args: argparse.Namespace) -> int:
     else:
         workdir = prepare_run_dir(None if fresh else (base or "."), args.data)
     try:
-        agent = Agent(
-            args.model,
-            base_url=args.base_url,
-            vision=args.vision,
-            max_steps=args.max_steps,
-            step_timeout=args.step_timeout,
-            time_limit=args.time_limit,
-            token_budget=args.token_budget,
+        options = AgentOptions.from_flags(
+            args,
             workdir=workdir,
             env=args.env,
-            on_event=None if args.quiet else Progress(sys.stderr),
-            approve=approver,
             resource_limits=limits,
             tools=tools,
-            mcp=args.mcp,
             tool_timeout=args.tool_timeout,
             action=args.action,
             planning_interval=args.plan_every,
             gateway=gateway,
             data=args.data if gateway is not None else (),
-            kernel=args.kernel_name,
+        )
+        agent = Agent(
+            args.model,
+            base_url=args.base_url,
+            on_event=None if args.quiet else Progress(sys.stderr),
+            approve=approver,
+            options=options,
         )
     except NbAgentError:
         if fresh:
@@ -211,24 +209,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_batch(args: argparse.Namespace) -> int:
     from nbagent.batch import load_tasks, run_batch
+    from nbagent.options import AgentOptions
 
     tasks = load_tasks(args.tasks, shared_data=args.data)  # every line checked first
+    gateway = _gateway(args)
     report = run_batch(
         tasks,
         args.output,
         concurrency=args.concurrency,
-        gateway=_gateway(args),
+        gateway=gateway,
         agent_options={
             "model": args.model,
             "base_url": args.base_url,
-            "vision": args.vision,
-            "max_steps": args.max_steps,
-            "step_timeout": args.step_timeout,
-            "time_limit": args.time_limit,
-            "token_budget": args.token_budget,
-            "env": args.env,
-            "kernel": args.kernel_name,
-            "mcp": args.mcp,
+            "options": AgentOptions.from_flags(args, env=args.env, gateway=gateway),
         },
         progress=None if args.quiet else sys.stderr,
     )

@@ -283,8 +283,9 @@ async def aevaluate(
         match: "official" (the DABench rule) or "relaxed" (also ignores case, whitespace
             and quotes).
         on_result: Called with each result, the number done and the total, as runs end.
-        **agent_options: Further :class:`~nbagent.agent.Agent` options (``resource_limits``,
-            ``kernel_options``, ``vision``, ...).
+        **agent_options: Further :class:`~nbagent.agent.Agent` arguments (``options=`` an
+            :class:`~nbagent.options.AgentOptions`, or its fields: ``resource_limits``,
+            ``vision``, ...).
 
     Raises:
         ConfigError: A bad question set or setting (before any run starts).
@@ -343,6 +344,7 @@ def _write_atomic(path: Path, text: str) -> None:
 
 def run_command(args: argparse.Namespace) -> int:
     """``nbagent eval``: per-question lines, then the summary line, on stdout; exit 0."""
+    from nbagent.options import AgentOptions
 
     def show(result: QuestionResult, done: int, total: int) -> None:
         if not args.quiet:
@@ -352,7 +354,6 @@ def run_command(args: argparse.Namespace) -> int:
         args.directory,
         model=args.model,
         base_url=args.base_url,
-        vision=args.vision,
         output=args.output,
         limit=args.limit,
         concurrency=args.concurrency,
@@ -360,7 +361,7 @@ def run_command(args: argparse.Namespace) -> int:
         step_timeout=args.step_timeout,
         match=args.match,
         on_result=show,
-        mcp=args.mcp,
+        options=AgentOptions.from_flags(args),
     )
     print(f"nbagent: results in {report.output}", file=sys.stderr)
     print(report.summary_line(), flush=True)

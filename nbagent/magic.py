@@ -387,7 +387,7 @@ class NbAgentMagics(Magics):
                 planning_interval=args.plan_every,
                 kernel=self.kernel_name or None,
                 mcp=[*self.mcp, *(args.mcp or ())],
-                kernel_options=own.kernel_options(connection_file) if connection_file else None,
+                **(own.kernel_options(connection_file) if connection_file else {}),
             )
         except NbAgentError as exc:
             raise UsageError(str(exc)) from None
@@ -440,16 +440,13 @@ class NbAgentMagics(Magics):
             raise UsageError("--approve without widgets asks at a prompt: drop --bg")
         if args.save:
             session.autosave_to(args.save)
-        for flag, value in (
-            ("--max-steps", args.max_steps),
-            ("--step-timeout", args.step_timeout),
-            ("--time-limit", args.time_limit),
-        ):
-            if value is not None and value <= 0:
-                raise UsageError(f"{flag} must be positive, got {value:g}")
-        agent.max_steps = args.max_steps or self.max_steps
-        agent.step_timeout = args.step_timeout or self.step_timeout
-        agent.time_limit = args.time_limit or self.time_limit
+        limits = {k: getattr(self, k) if getattr(args, k) is None else getattr(args, k)
+                  for k in ("max_steps", "step_timeout", "time_limit")}  # fmt: skip
+        try:  # a new, checked options value for this run: nothing on the live agent is set
+            agent.options = agent.options.replace(**limits)
+        except NbAgentError as exc:  # "step_timeout must be ..." reads "--step-timeout must ..."
+            field = str(exc).split(" ", 1)[0]
+            raise UsageError(str(exc).replace(field, f"--{field.replace('_', '-')}", 1)) from None
         if session.own:  # the agent works on the notebook's variables: nothing to copy
             cells = own.notebook_cells(self.shell, session)  # since its last run
             if cells is not None:
@@ -475,7 +472,7 @@ class NbAgentMagics(Magics):
             )
         run = _Run(session, panel=panel, background=background)
         run.show()
-        agent.approve = run.approve if args.approve else None
+        agent.set_approver(run.approve if args.approve else None)
         remove = agent.add_listener(run.listen)
         future = asyncio.run_coroutine_threadsafe(
             self._drive(run, agent, task, [] if session.own else outputs), _sync.get_loop()
@@ -492,7 +489,7 @@ class NbAgentMagics(Magics):
             raise
         finally:
             remove()
-            agent.approve = None
+            agent.set_approver(None)
         if args.cells and result is not None and own.cells_source(task, result.events):
             self.shell.set_next_input(own.cells_source(task, result.events), replace=False)
         return self._conclude(run, result, error, pulled, problems, line_magic)
@@ -555,7 +552,7 @@ class NbAgentMagics(Magics):
         self, run: _Run, future: concurrent.futures.Future[_Outcome], remove: Callable[[], None]
     ) -> None:
         remove()
-        run.session.agent.approve = None
+        run.session.agent.set_approver(None)
         problems: list[str] = []
         try:
             result, error, pulled, problems = future.result()

@@ -113,10 +113,11 @@ def warm_up(shell: Any) -> None:
 
 
 def kernel_options(connection_file: str) -> dict[str, Any]:
-    """``Agent(kernel_options=...)`` for a run on a subshell of the kernel behind the file."""
+    """The :class:`~nbagent.options.AgentOptions` fields for a run on a subshell of the
+    kernel behind the file."""
     from nbagent.kernel.subshell import SharedKernelSession, SubshellBackend
 
-    return {"backend": SubshellBackend(connection_file), "session_class": SharedKernelSession}
+    return {"backend": SubshellBackend(connection_file), "session_factory": SharedKernelSession}
 
 
 def _history(shell: Any, agent: Any) -> list[str]:

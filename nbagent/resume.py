@@ -11,14 +11,18 @@ kernel or were skipped, exactly those a plain re-run skips too.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import nbformat
 
 from nbagent.errors import TranscriptError
-from nbagent.events import Usage
+from nbagent.events import KernelStatus, Notice, Usage
 from nbagent.llm.base import Message
 from nbagent.prompts import task_message
+
+if TYPE_CHECKING:
+    from nbagent.agent import Agent
+    from nbagent.transcript import Transcript
 
 __all__ = ["Restored", "restore_conversation"]
 
@@ -90,3 +94,25 @@ def _task_prompt(runs: list[Any], turn: int) -> str:
 
 def _skipped(cell: Any) -> bool:
     return "skip-execution" in cell.metadata.get("tags", [])
+
+
+async def rebuild(agent: Agent, transcript: Transcript) -> None:
+    """Restore ``transcript``'s conversation into the fresh ``agent`` and its kernel state by
+    re-running the transcript's code (``Agent.aresume``)."""
+    restored = restore_conversation(transcript.nb, agent.messages[0].text)
+    agent.messages = restored.messages
+    agent.steps, agent.turns, agent.usage = restored.steps, restored.turns, restored.usage
+    agent._pending = restored.pending
+    agent._notify(KernelStatus(status="restoring", detail=f"re-running {len(restored.code)} cells"))
+    await agent._ensure_kernel()
+    assert agent._kernel is not None
+    # Host tools are not called again: their recorded results are replayed, as in a plain
+    # re-execution of the transcript; the live stubs come back afterwards.
+    replay = transcript.tool_replay_source()
+    for code in [replay, *restored.code] if replay else restored.code:
+        result = await agent._kernel.aexecute(code, timeout=agent.step_timeout)
+        if result.status in ("timeout", "died"):
+            agent._notify(Notice(level="warning", message=f"while restoring state: {result.note}"))
+    if replay and agent.tool_host is not None:
+        await agent._kernel.aexecute(agent.tool_host.prelude(), timeout=agent.step_timeout)
+    agent._notify(KernelStatus(status="ready", detail="state restored"))

@@ -159,7 +159,7 @@ def test_a_kernel_that_never_answers_is_deleted(kernel_gateway: KernelGatewaySer
                 "openai:x",
                 base_url="http://127.0.0.1:9",
                 gateway="http://h:1",
-                kernel_options={"backend": object()},
+                backend=object(),
             ),
             "either a gateway or a backend",
         ),

@@ -162,8 +162,8 @@ def test_with_a_gateway_the_kernel_name_is_the_gateways() -> None:
     agent = Agent(
         "openai:x", base_url="http://127.0.0.1:9", api_key="k", gateway="http://gw:1", kernel="r"
     )
-    assert agent.kernel_options["gateway"].kernel_name == "r"
-    assert "kernel_name" not in agent.kernel_options
+    assert agent.options.gateway.kernel_name == "r"  # type: ignore[union-attr]
+    assert agent.options.kernel == "r"
 
 
 def test_magic_config_kernel_name_picks_the_kernelspec(

@@ -156,7 +156,7 @@ def test_agent_rejects_limits_with_a_backend_at_once(scripted_openai) -> None:
             Agent(
                 scripted_model(scripted_openai),
                 resource_limits=ResourceLimits(cpu_seconds=5),
-                kernel_options=options,
+                **options,
             )
 
 
