@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from nbagent.hostguard import is_dumpable, protect_host
+from nbagent.hostguard import is_dumpable
 from tests.llm_fixtures import ScriptedServer
 from tests.test_cli_safety import FAKE_KEY, py
 
