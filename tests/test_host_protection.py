@@ -20,6 +20,7 @@ from nbagent.hostguard import is_dumpable
 from tests.llm_fixtures import ScriptedServer
 from tests.test_cli_safety import FAKE_KEY, py
 
+ROOT = Path(__file__).resolve().parent.parent
 SYSTEM_PYTHON = Path(f"/usr/bin/python{sys.version_info[0]}.{sys.version_info[1]}")
 SITE = sysconfig.get_paths()["purelib"]
 NOBODY = 65534
@@ -49,8 +50,28 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+def _nobody_can_import(src: Path) -> str:
+    """Why the unprivileged user cannot import nbagent and its dependencies ("" if it can)."""
+    probe = f"import site, sys; site.addsitedir({SITE!r}); sys.path.insert(0, {str(src)!r}); "
+    probe += "import httpx, jupyter_client, nbagent.cli"
+    cmd = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+    proc = subprocess.run(
+        [*cmd, str(SYSTEM_PYTHON), "-c", probe], capture_output=True, text=True, timeout=60
+    )
+    return "" if proc.returncode == 0 else (proc.stderr.strip().splitlines() or ["?"])[-1]
+
+
 def as_nobody(server: ScriptedServer, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    boot = f"import site, sys; site.addsitedir({SITE!r}); sys.argv[0] = 'nbagent'; " + (
+    src = cwd / "src"  # this checkout's nbagent, where the unprivileged user can read it
+    if not src.exists():
+        shutil.copytree(ROOT / "nbagent", src / "nbagent")
+        for folder in (src, *src.rglob("*")):
+            folder.chmod(0o755 if folder.is_dir() else 0o644)
+        why = _nobody_can_import(src)
+        if why:  # e.g. site-packages under a root-only home (.ci/run makes /root traversable)
+            pytest.skip(f"user {NOBODY} cannot import the test environment: {why}")
+    boot = f"import site, sys; site.addsitedir({SITE!r}); sys.path.insert(0, {str(src)!r}); "
+    boot += "sys.argv[0] = 'nbagent'; " + (
         "from nbagent.cli import main; sys.exit(main())"
         if args[0] == "run"
         else f"exec(open({args[0]!r}).read())"
@@ -58,7 +79,7 @@ def as_nobody(server: ScriptedServer, cwd: Path, *args: str) -> subprocess.Compl
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": str(cwd),
-        "PYTHONPATH": SITE,  # for the kernel, started with the same (system) Python
+        "PYTHONPATH": f"{src}{os.pathsep}{SITE}",  # for the kernel (the same system Python)
         "OPENAI_API_KEY": FAKE_KEY,
         **server.env(),
     }
