@@ -111,8 +111,8 @@ def _text_chars(body: Any) -> int:
 
 
 def _nbagent_chars(workdir: Path) -> tuple[int, int, str]:
-    from nbagent.agent import Agent
     from nbagent.llm import make_model
+    from nbagent.loop.agent import Agent
 
     replies = [_py(code, thought) for thought, code in ANALYSIS]
     with ScriptedServer(replies) as server:
@@ -143,7 +143,7 @@ def _smolagents_chars(workdir: Path) -> tuple[int, int, str]:
 
 
 def bench_chars() -> dict[str, Any]:
-    from nbagent.demo import prepare_demo_data
+    from nbagent.apps.demo import prepare_demo_data
 
     with tempfile.TemporaryDirectory() as tmp:
         prepare_demo_data(tmp)
@@ -161,9 +161,9 @@ def bench_chars() -> dict[str, Any]:
 def bench_cold_start(rounds: int, warm: bool = False) -> list[float]:
     """Seconds from the first request to the second, the first reply held back 1.5 s; with
     ``warm`` the kernel is started and awaited before the run (the floor: nothing to hide)."""
-    from nbagent import _sync
-    from nbagent.agent import Agent
+    from nbagent.core import _sync
     from nbagent.llm import make_model
+    from nbagent.loop.agent import Agent
 
     gaps = []
     for _ in range(rounds):
@@ -191,8 +191,8 @@ def _growth(bodies: list[Any]) -> tuple[int, int]:
 def bench_growth() -> dict[str, tuple[int, int] | None]:
     """How much the request after a 100,000-line print grows (characters of message text), and
     its size: nbagent against smolagents' CodeAgent, the same two scripted replies."""
-    from nbagent.agent import Agent
     from nbagent.llm import make_model
+    from nbagent.loop.agent import Agent
 
     res: dict[str, tuple[int, int] | None] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -229,8 +229,8 @@ def bench_concurrency(
     """Seconds for ``n`` agents one after another and all at once: ``"answers"`` until every
     answer is in (each agent from its start to its answer, kernel shutdowns not counted) and
     ``"whole"`` with the shutdowns."""
-    from nbagent.agent import Agent
     from nbagent.llm import make_model
+    from nbagent.loop.agent import Agent
 
     def script() -> list[Reply]:
         replies = [Reply(_py(f"v = {i}\nprint(v)"), delay=latency) for i in range(steps - 1)]

@@ -17,8 +17,8 @@ CODE = re.compile(r"```python\n(.*?)\n```", re.S)
 
 
 def run_agent(url: str, steps: int) -> str:
-    from nbagent.agent import Agent
     from nbagent.llm import make_model
+    from nbagent.loop.agent import Agent
 
     model = make_model("openai:bench", base_url=url, api_key="")
     with Agent(model, max_steps=steps + 1) as agent:

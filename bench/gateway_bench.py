@@ -35,8 +35,8 @@ from typing import Any
 import httpx
 import websockets
 
-from nbagent.kernel._gateway_wire import encode_frame, ws_url
-from nbagent.kernel.gateway import Gateway
+from nbagent.kernel.gateway._wire import encode_frame, ws_url
+from nbagent.kernel.gateway.backend import Gateway
 from nbagent.kernel.session import KernelSession
 from nbagent.kernel.upload import collect_data
 

@@ -23,7 +23,7 @@ import time
 
 from nbagent.kernel.limits import ResourceLimits
 from nbagent.kernel.session import KernelSession
-from nbagent.prelude import PRELUDE
+from nbagent.kernelside.prelude import PRELUDE
 
 LIMITS = ResourceLimits(
     memory="2G", cpu_seconds=3600, processes=256, open_files=1024, file_size="1G"

@@ -23,13 +23,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from nbagent import events as ev
+from nbagent.core import events as ev
 from nbagent.kernel.session import KernelSession
-from nbagent.mcptools import McpServer
-from nbagent.mcptools.client import McpHub
-from nbagent.prelude import PRELUDE
-from nbagent.toolhost import ToolHost
-from nbagent.tools import tool
+from nbagent.kernelside.prelude import PRELUDE
+from nbagent.tools.host import ToolHost
+from nbagent.tools.mcp import McpServer
+from nbagent.tools.mcp.client import McpHub
+from nbagent.tools.tool import tool
 
 SERVER = str(Path(__file__).resolve().parent.parent / "tests" / "mcp_server" / "server.py")
 
@@ -156,7 +156,7 @@ def tracing(rounds: int) -> None:
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-    from nbagent.otel import RunTracer
+    from nbagent.loop.otel import RunTracer
 
     provider = TracerProvider()
     exporter = InMemorySpanExporter()

@@ -23,9 +23,9 @@ from collections.abc import Callable
 from typing import Any
 
 from nbagent.kernel.session import KernelSession
-from nbagent.prelude import PRELUDE
-from nbagent.toolhost import ToolHost
-from nbagent.tools import tool
+from nbagent.kernelside.prelude import PRELUDE
+from nbagent.tools.host import ToolHost
+from nbagent.tools.tool import tool
 
 
 @tool

@@ -1,5 +1,5 @@
 """``python -m nbagent`` is the ``nbagent`` command."""
 
-from nbagent.cli import main
+from nbagent.apps.cli import main
 
 raise SystemExit(main())

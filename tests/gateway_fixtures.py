@@ -37,7 +37,7 @@ import httpx
 import psutil
 import pytest
 
-from nbagent.kernel.gateway import Gateway, GatewayBackend
+from nbagent.kernel.gateway.backend import Gateway, GatewayBackend
 from nbagent.kernel.session import KernelSession
 
 __all__ = ["KernelGatewayServer", "TcpProxy", "kernel_pid", "on_gateway"]

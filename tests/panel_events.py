@@ -11,7 +11,7 @@ import base64
 import io
 from typing import Any
 
-from nbagent import events as ev
+from nbagent.core import events as ev
 
 HOSTILE_HTML = (
     '<b>bold survives</b><img src=x onerror="window.__pwned=1">'

@@ -175,7 +175,7 @@ def clean(nb: nbformat.NotebookNode, workdir: Path) -> nbformat.NotebookNode:
 def comparable(nb: nbformat.NotebookNode) -> list[tuple[str, list[str]]]:
     """Each code cell's source and normalised outputs (images and token counts in the agent's
     summaries masked too)."""
-    from nbagent.replay import normalise_outputs
+    from nbagent.records.replay import normalise_outputs
 
     cells = []
     for cell in nb.cells:

@@ -10,9 +10,8 @@ from typing import Any
 
 import pytest
 
-from nbagent.agent import Agent
-from nbagent.errors import AuthenticationError, ConfigError
-from nbagent.events import (
+from nbagent.core.errors import AuthenticationError, ConfigError
+from nbagent.core.events import (
     CellFinished,
     CellOutput,
     KernelStatus,
@@ -22,6 +21,7 @@ from nbagent.events import (
     RunFinished,
     TextDelta,
 )
+from nbagent.loop.agent import Agent
 from tests.llm_fixtures import Reply, ScriptedServer, scripted_model
 
 

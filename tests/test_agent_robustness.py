@@ -15,10 +15,10 @@ from typing import Any
 import nbformat
 import pytest
 
-from nbagent.agent import Agent
-from nbagent.errors import ConfigError, ListenerWarning
-from nbagent.events import Event, Notice, RunFinished
-from nbagent.transcript import Transcript
+from nbagent.core.errors import ConfigError, ListenerWarning
+from nbagent.core.events import Event, Notice, RunFinished
+from nbagent.loop.agent import Agent
+from nbagent.records.transcript import Transcript
 from tests.kernel_fixtures import pid_gone, wait_until
 from tests.llm_fixtures import Reply, ScriptedServer, scripted_model
 
@@ -177,7 +177,7 @@ def test_kernel_text_with_surrogates_reaches_the_model_and_the_notebook_as_utf8(
 
 
 def test_surrogate_escapes_in_kernel_messages_are_made_safe() -> None:
-    from nbagent.kernel._gateway_wire import decode_frame
+    from nbagent.kernel.gateway._wire import decode_frame
     from nbagent.kernel.local import _loads
 
     assert _loads(b'{"t": "a \\ud800 b \\ud83d\\ude00"}') == {"t": "a \ufffd b 😀"}

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from nbagent.agent import Agent
-from nbagent.approval import TerminalApprover
-from nbagent.errors import ConfigError
-from nbagent.events import Approval, CellFinished, CodeProposed, CodeSkipped
-from nbagent.steps import Decision
-from nbagent.view import RunLog
+from nbagent.apps.approval import TerminalApprover
+from nbagent.core.errors import ConfigError
+from nbagent.core.events import Approval, CellFinished, CodeProposed, CodeSkipped
+from nbagent.display.view import RunLog
+from nbagent.loop.agent import Agent
+from nbagent.loop.steps import Decision
 from tests.llm_fixtures import ScriptedServer, scripted_model
 
 CODE = "x = 21\nprint(x)"

@@ -20,8 +20,8 @@ from typing import Any
 import nbformat
 import pytest
 
-from nbagent.batch import TaskResult, _Progress, load_tasks, run_batch
-from nbagent.errors import ConfigError
+from nbagent.apps.batch import TaskResult, _Progress, load_tasks, run_batch
+from nbagent.core.errors import ConfigError
 from tests.gateway_fixtures import KernelGatewayServer
 from tests.llm_fixtures import Reply, ScriptedServer
 
@@ -168,7 +168,7 @@ def test_bad_task_files_are_refused_before_anything_runs(
 def test_the_cli_refuses_a_bad_file_before_any_agent_starts(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from nbagent.cli import main
+    from nbagent.apps.cli import main
 
     tasks = _write(tmp_path / "tasks.jsonl", [{"task": "fine"}, "{broken"])
     with ScriptedServer(default="never asked") as server:

@@ -106,7 +106,7 @@ def test_binder_installs_in_a_fresh_venv(tmp_path: Path) -> None:
     code = (
         "import importlib.util\n"
         f"print(','.join(m for m in {modules!r} if importlib.util.find_spec(m) is None))\n"
-        "import pandas, matplotlib, ipywidgets, nbagent.widget, nbagent.agent\n"
+        "import pandas, matplotlib, ipywidgets, nbagent.notebook.widget, nbagent.loop.agent\n"
     )
     assert run(python, "-c", code, cwd=work).strip() == ""  # nothing missing
     # An agent runs end to end in this environment (its kernel, the transcript), offline.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import nbformat
 import pytest
 
-from nbagent.render import render_html
+from nbagent.display.render import render_html
 from tests.browser_fixtures import BrowserLab
 from tests.panel_events import ANSWER, first_run, follow_up_start
 
@@ -14,8 +14,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 SETUP = """\
 import threading
 from pathlib import Path
-from nbagent import events as ev
-from nbagent.widget import AgentPanel
+from nbagent.core import events as ev
+from nbagent.notebook.widget import AgentPanel
 from tests import panel_events as pe
 
 stop_calls = []

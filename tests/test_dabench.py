@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from nbagent.dabench import (
+from nbagent.apps.dabench import (
     accuracies,
     build_task,
     extract_answers,
@@ -17,7 +17,7 @@ from nbagent.dabench import (
     load_questions,
     score_answer,
 )
-from nbagent.errors import ConfigError
+from nbagent.core.errors import ConfigError
 
 MINI = Path(__file__).parent / "data" / "dabench-mini"
 

@@ -18,8 +18,8 @@ from typing import Any
 import nbformat
 import pytest
 
-from nbagent.errors import ConfigError
-from nbagent.evaluate import QuestionResult, evaluate
+from nbagent.apps.evaluate import QuestionResult, evaluate
+from nbagent.core.errors import ConfigError
 from tests.llm_fixtures import Reply, ScriptedServer
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -10,11 +10,11 @@ from typing import get_args
 
 import nbformat
 
-from nbagent import events as ev
-from nbagent.progress import Progress
-from nbagent.render import header_html, render_html
-from nbagent.transcript import Transcript
-from nbagent.view import RunLog
+from nbagent.core import events as ev
+from nbagent.display.progress import Progress
+from nbagent.display.render import header_html, render_html
+from nbagent.display.view import RunLog
+from nbagent.records.transcript import Transcript
 from tests.llm_fixtures import Reply, ScriptedServer, scripted_model
 from tests.panel_events import cell, reply, stream
 
@@ -121,7 +121,7 @@ def _fold(events: list[ev.Event]) -> RunLog:
 def test_the_kernel_that_starts_during_the_first_reply_is_announced_ready(
     scripted_openai: ScriptedServer, tmp_path: Path
 ) -> None:
-    from nbagent.agent import Agent
+    from nbagent.loop.agent import Agent
 
     # The first reply takes longer than the kernel's start, so code runs on a kernel that was
     # ready before the step needed it (the case that left "kernel starting" in the header).

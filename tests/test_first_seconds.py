@@ -12,7 +12,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from nbagent.agent import Agent
+from nbagent.loop.agent import Agent
 from tests.llm_fixtures import ScriptedServer, scripted_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -202,7 +202,7 @@ print(json.dumps([m for m in heavy if m in sys.modules]))
 """
 #: Never needed before a run's first model request.
 HEAVY = ["nbformat", "jsonschema", "rfc3987_syntax", "lark", "rich", "click", "websockets"]
-HEAVY += ["pandas", "ipywidgets", "nbagent.widget", "nbagent.kernel.gateway"]
+HEAVY += ["pandas", "ipywidgets", "nbagent.notebook.widget", "nbagent.kernel.gateway.backend"]
 
 
 def _imported(modules: list[str], heavy: list[str]) -> list[str]:
@@ -220,11 +220,21 @@ def _imported(modules: list[str], heavy: list[str]) -> list[str]:
 def test_start_up_imports_stay_light() -> None:
     """What a run needs before its first model request, and no more (a subprocess: this test
     process has imported everything already)."""
-    everything = ["nbagent.cli", "nbagent.magic", "nbagent.agent", "nbagent.transcript"]
-    assert _imported([*everything, "nbagent.progress"], HEAVY) == []
+    everything = [
+        "nbagent.apps.cli",
+        "nbagent.notebook.magic",
+        "nbagent.loop.agent",
+        "nbagent.records.transcript",
+    ]
+    assert _imported([*everything, "nbagent.display.progress"], HEAVY) == []
     # The command line needs neither IPython nor the kernel's client before the request: the
     # kernel's modules load when it starts, once the request is out.
-    cli = ["nbagent.cli", "nbagent.agent", "nbagent.transcript", "nbagent.progress"]
+    cli = [
+        "nbagent.apps.cli",
+        "nbagent.loop.agent",
+        "nbagent.records.transcript",
+        "nbagent.display.progress",
+    ]
     kernel_side = ["IPython", "pygments", "nh3", "jupyter_client", "zmq", "traitlets"]
     assert _imported(cli, HEAVY + kernel_side) == []
 
@@ -251,8 +261,8 @@ def test_the_request_gate_opens_on_the_written_request_or_when_asked() -> None:
     import threading
     import time
 
-    from nbagent.gate import RequestGate
     from nbagent.llm import make_model
+    from nbagent.loop.gate import RequestGate
 
     class Recorded:  # not an HTTP client: nothing to wait for
         vision = False
@@ -285,7 +295,7 @@ def test_the_request_gate_opens_on_the_written_request_or_when_asked() -> None:
 
 PRELOAD = """
 import sys
-from nbagent import _lazy
+from nbagent.core import _lazy
 _lazy.after_request("json.tool")
 assert "json.tool" not in sys.modules and _lazy.waiting()
 _lazy.request_sent()

@@ -19,10 +19,10 @@ from typing import Any
 
 import pytest
 
-from nbagent.agent import Agent
-from nbagent.errors import ConfigError, KernelDiedError, KernelStartupError
-from nbagent.kernel.gateway import ENV_TOKEN, ENV_URL, Gateway, GatewayBackend
+from nbagent.core.errors import ConfigError, KernelDiedError, KernelStartupError
+from nbagent.kernel.gateway.backend import ENV_TOKEN, ENV_URL, Gateway, GatewayBackend
 from nbagent.kernel.session import KernelSession
+from nbagent.loop.agent import Agent
 from tests.gateway_fixtures import KernelGatewayServer, TcpProxy
 from tests.kernel_fixtures import stream_text, wait_until
 from tests.llm_fixtures import ScriptedServer, scripted_model
@@ -302,7 +302,7 @@ def test_the_token_is_never_logged(
 
 HOST = """
 import json, sys, time
-from nbagent.kernel.gateway import GatewayBackend
+from nbagent.kernel.gateway.backend import GatewayBackend
 from nbagent.kernel.session import KernelSession
 
 k = KernelSession(backend=GatewayBackend(sys.argv[2]))

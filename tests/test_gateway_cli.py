@@ -10,8 +10,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from nbagent.cli import main
-from nbagent.kernel.gateway import ENV_TOKEN, ENV_URL
+from nbagent.apps.cli import main
+from nbagent.kernel.gateway.backend import ENV_TOKEN, ENV_URL
 from tests.gateway_fixtures import KernelGatewayServer
 from tests.llm_fixtures import ScriptedServer
 

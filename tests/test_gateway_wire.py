@@ -7,8 +7,8 @@ import logging
 
 import pytest
 
-from nbagent.errors import ConfigError
-from nbagent.kernel._gateway_wire import (
+from nbagent.core.errors import ConfigError
+from nbagent.kernel.gateway._wire import (
     RedactingLogger,
     decode_frame,
     display_url,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from nbagent.hostguard import is_dumpable
+from nbagent.apps.hostguard import is_dumpable
 from tests.llm_fixtures import ScriptedServer
 from tests.test_cli_safety import FAKE_KEY, py
 
@@ -53,7 +53,7 @@ pytestmark = pytest.mark.skipif(
 def _nobody_can_import(src: Path) -> str:
     """Why the unprivileged user cannot import nbagent and its dependencies ("" if it can)."""
     probe = f"import site, sys; site.addsitedir({SITE!r}); sys.path.insert(0, {str(src)!r}); "
-    probe += "import httpx, jupyter_client, nbagent.cli"
+    probe += "import httpx, jupyter_client, nbagent.apps.cli"
     cmd = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
     proc = subprocess.run(
         [*cmd, str(SYSTEM_PYTHON), "-c", probe], capture_output=True, text=True, timeout=60
@@ -72,7 +72,7 @@ def as_nobody(server: ScriptedServer, cwd: Path, *args: str) -> subprocess.Compl
             pytest.skip(f"user {NOBODY} cannot import the test environment: {why}")
     boot = f"import site, sys; site.addsitedir({SITE!r}); sys.path.insert(0, {str(src)!r}); "
     boot += "sys.argv[0] = 'nbagent'; " + (
-        "from nbagent.cli import main; sys.exit(main())"
+        "from nbagent.apps.cli import main; sys.exit(main())"
         if args[0] == "run"
         else f"exec(open({args[0]!r}).read())"
     )
@@ -127,7 +127,7 @@ def test_the_api_protects_the_host_when_asked(
 
 def test_protect_host_in_a_child_process() -> None:
     code = (
-        "from nbagent.hostguard import protect_host, is_dumpable\n"
+        "from nbagent.apps.hostguard import protect_host, is_dumpable\n"
         "print(is_dumpable(), protect_host(), is_dumpable())"
     )
     before = is_dumpable()  # an earlier in-process cli.main() may have protected this process

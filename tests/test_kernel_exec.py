@@ -14,7 +14,7 @@ from typing import Any
 import nbformat
 import pytest
 
-from nbagent.errors import ConfigError
+from nbagent.core.errors import ConfigError
 from nbagent.kernel.session import KernelSession
 from tests.kernel_fixtures import stream_text
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from nbagent.errors import KernelStartupError
+from nbagent.core.errors import KernelStartupError
 from nbagent.kernel.session import KernelSession
 from tests.gateway_fixtures import kernel_pid, on_gateway
 from tests.kernel_fixtures import pid_gone, skip_on, stream_text, wait_until

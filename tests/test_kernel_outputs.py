@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
+from nbagent.core.text import safe_text
 from nbagent.kernel.local import LocalBackend
 from nbagent.kernel.outputs import OutputAssembler, OutputLimits
 from nbagent.kernel.session import KernelSession
-from nbagent.text import safe_text
 from tests.kernel_fixtures import stream_text
 
 

@@ -168,7 +168,7 @@ def test_input_reaches_the_handler_and_shutdown_leaves_the_kernel_running(
 
 
 def test_os_limits_are_for_isolated_kernels_only(tmp_path: Any) -> None:
-    from nbagent.errors import ConfigError
+    from nbagent.core.errors import ConfigError
     from nbagent.kernel.limits import ResourceLimits
 
     backend = SubshellBackend(tmp_path / "kernel.json")  # not connected: refused before that
@@ -181,7 +181,7 @@ def test_os_limits_are_for_isolated_kernels_only(tmp_path: Any) -> None:
 def test_the_models_summaries_and_exit_guard_leave_the_users_cells_alone(
     notebook: Notebook,
 ) -> None:
-    from nbagent.prelude import PRELUDE
+    from nbagent.kernelside.prelude import PRELUDE
 
     with notebook.session(startup_code=PRELUDE) as session:
         notebook.run("import pandas as pd\nframe = pd.DataFrame({'a': [1, 2]})")

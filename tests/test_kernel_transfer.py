@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nbagent.errors import TransferError
+from nbagent.core.errors import TransferError
 from nbagent.kernel import session as session_module
 from nbagent.kernel.session import KernelSession
 from nbagent.kernel.transfer import decode_item

@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 from jupyter_client.provisioning import LocalProvisioner
 
-from nbagent.agent import Agent
-from nbagent.cli import main
-from nbagent.errors import ConfigError
-from nbagent.kernel.gateway import ENV_URL
+from nbagent.apps.cli import main
+from nbagent.core.errors import ConfigError
+from nbagent.kernel.gateway.backend import ENV_URL
 from nbagent.kernel.limits import ResourceLimits
 from nbagent.kernel.local import DEFAULT_KERNEL_CMD, LocalBackend
 from nbagent.kernel.session import KernelSession
+from nbagent.loop.agent import Agent
 from tests.llm_fixtures import ScriptedServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -197,7 +197,7 @@ def test_magic_config_kernel_name_picks_the_kernelspec(
 def test_batch_with_an_unknown_kernel_fails_once_before_any_task(
     scripted_openai: ScriptedServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from nbagent.batch import load_tasks, run_batch
+    from nbagent.apps.batch import load_tasks, run_batch
 
     monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "none"))
     tasks = tmp_path / "tasks.jsonl"

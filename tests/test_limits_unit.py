@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from nbagent.errors import ConfigError
+from nbagent.core.errors import ConfigError
 from nbagent.kernel import _limits
 from nbagent.kernel.limits import AS_MARGIN, GiB, MiB, ResourceLimits, format_size, parse_size
 from nbagent.kernel.local import DEFAULT_KERNEL_CMD, LocalBackend
@@ -148,7 +148,7 @@ def test_limits_with_another_backend_are_a_config_error() -> None:
 
 
 def test_agent_rejects_limits_with_a_backend_at_once(scripted_openai) -> None:
-    from nbagent.agent import Agent
+    from nbagent.loop.agent import Agent
     from tests.llm_fixtures import scripted_model
 
     for options in ({"backend": object()}, {"gateway": "http://127.0.0.1:8888"}):

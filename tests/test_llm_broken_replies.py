@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from nbagent.errors import ModelError, ModelResponseError
+from nbagent.core.errors import ModelError, ModelResponseError
 from nbagent.llm import Completion, Message, StreamRestart, complete
 from tests.llm_fixtures import Reply, ScriptedServer, scripted_model
 

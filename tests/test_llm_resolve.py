@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from nbagent.errors import ConfigError
+from nbagent.core.errors import ConfigError
 from nbagent.llm import guess_vision, make_model, parse_model_spec, resolve_config
 from nbagent.llm.anthropic import AnthropicChatModel
 from nbagent.llm.base import ChatModel

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from nbagent.errors import (
+from nbagent.core.errors import (
     AuthenticationError,
     ModelConnectionError,
     ModelError,

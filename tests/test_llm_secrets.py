@@ -9,7 +9,7 @@ import traceback
 
 import pytest
 
-from nbagent.errors import AuthenticationError, ModelConnectionError, ModelError
+from nbagent.core.errors import AuthenticationError, ModelConnectionError, ModelError
 from nbagent.llm import Message, Secret, complete, make_model
 from nbagent.llm.secrets import Redactor, redact_url
 from tests.llm_fixtures import Reply, ScriptedServer, scripted_model

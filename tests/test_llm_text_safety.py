@@ -8,8 +8,8 @@ import asyncio
 
 import pytest
 
+from nbagent.core.text import PieceJoiner, safe_text
 from nbagent.llm.base import Completion, Message
-from nbagent.text import PieceJoiner, safe_text
 from tests.llm_fixtures import Reply, ScriptedServer, collect, scripted_model
 
 

@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 from IPython.core.error import UsageError
 
-from nbagent.events import CellOutput, CodeSkipped, Event
+from nbagent.core.events import CellOutput, CodeSkipped, Event
 from tests.llm_fixtures import ScriptedServer
 
 pytestmark = pytest.mark.timeout(120)
@@ -70,7 +70,7 @@ def looping(events: list[Event]) -> bool:
 def test_import_nbagent_stays_cheap() -> None:
     code = (
         "import sys, nbagent; heavy = ('IPython', 'ipywidgets', 'httpx', 'jupyter_client', "
-        "'nbagent.magic'); print([m for m in heavy if m in sys.modules])"
+        "'nbagent.notebook.magic'); print([m for m in heavy if m in sys.modules])"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True

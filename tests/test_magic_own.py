@@ -17,8 +17,8 @@ import nbformat
 import pandas as pd
 import pytest
 
-from nbagent import magic_own
-from nbagent.namespace import describe_namespace, recent_cells
+from nbagent.loop.namespace import describe_namespace, recent_cells
+from nbagent.notebook import magic_own
 from tests.scripted_server import ScriptedServer
 from tests.test_kernel_subshell import Notebook
 
@@ -96,7 +96,7 @@ def test_agent_works_on_the_users_df_and_leaves_its_variables(
     steps = [c for c in nb.cells if c.metadata.get("nbagent", {}).get("role") == "step"]
     assert steps[0].metadata["nbagent"]["names"] == {"new": ["monthly"], "changed": []}
     # ... so it re-executes top to bottom in a plain kernel, with the same outputs
-    from nbagent.replay import replay
+    from nbagent.records.replay import replay
 
     report = replay(tmp_path / "run.ipynb", timeout=60)
     assert report.ok, report.format()

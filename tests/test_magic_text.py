@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nbagent.magic_text import (
+from nbagent.notebook.magic_text import (
     OptionError,
     describe_value,
     inputs_context,

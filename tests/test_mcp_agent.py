@@ -21,10 +21,10 @@ import pytest
 pytest.importorskip("mcp")
 
 from nbagent import Agent, Transcript
-from nbagent.errors import ConfigError
-from nbagent.events import CellFinished, Observation, RunStarted, ToolCalled
-from nbagent.mcptools import McpServer
-from nbagent.widget import AgentPanel
+from nbagent.core.errors import ConfigError
+from nbagent.core.events import CellFinished, Observation, RunStarted, ToolCalled
+from nbagent.notebook.widget import AgentPanel
+from nbagent.tools.mcp import McpServer
 from tests.llm_fixtures import Reply, ScriptedServer, scripted_model
 
 SERVER = str(Path(__file__).with_name("mcp_server") / "server.py")
@@ -154,7 +154,7 @@ def test_transcript_of_an_mcp_run_replays_without_the_server(
         assert group is not None and alive(group.pid)
     assert wait_dead(group.pid, 5), "the server outlived the agent's session"
     # `nbagent replay`: re-executed in a fresh kernel, without the server, outputs compared.
-    from nbagent.replay import replay
+    from nbagent.records.replay import replay
 
     report = replay(path, strict_images=True)
     assert report.ok, report.format()
@@ -261,8 +261,8 @@ def test_a_server_that_does_not_start_is_one_line_before_any_model_call(
 HOST = """
 import json, sys, time
 from nbagent import Agent, _sync
-from nbagent.mcptools import McpServer
-from nbagent.widget import AgentPanel
+from nbagent.tools.mcp import McpServer
+from nbagent.notebook.widget import AgentPanel
 
 mode, python, server, workdir = sys.argv[1:5]
 agent = Agent("openai:x", base_url="http://127.0.0.1:9/v1", workdir=workdir,
@@ -361,7 +361,7 @@ def test_a_stdio_server_gets_no_secrets_unless_named(monkeypatch: pytest.MonkeyP
     import asyncio
     import hashlib
 
-    from nbagent.mcptools.client import McpHub
+    from nbagent.tools.mcp.client import McpHub
 
     monkeypatch.setenv("MCP_TEST_SECRET", SECRET)  # looks secret: filtered like the kernel's
 

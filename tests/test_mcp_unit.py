@@ -7,9 +7,10 @@ from typing import Any
 
 import pytest
 
-from nbagent.errors import ConfigError
-from nbagent.mcptools import McpServer, parse_servers
-from nbagent.mcptools.convert import (
+from nbagent.core.errors import ConfigError
+from nbagent.kernelside.toolstubs import tools_prelude
+from nbagent.tools.mcp import McpServer, parse_servers
+from nbagent.tools.mcp.convert import (
     McpTool,
     McpToolFailed,
     assign_names,
@@ -17,8 +18,7 @@ from nbagent.mcptools.convert import (
     tool_output,
     type_text,
 )
-from nbagent.mcptools.spec import expand_header
-from nbagent.toolstubs import tools_prelude
+from nbagent.tools.mcp.spec import expand_header
 
 types = pytest.importorskip("mcp_types")
 
@@ -173,7 +173,7 @@ def test_server_specs() -> None:
 
 
 def test_cli_options_reach_run_batch_and_eval() -> None:
-    from nbagent.cli import build_parser
+    from nbagent.apps.cli import build_parser
 
     parser = build_parser()
     args = parser.parse_args(
@@ -200,7 +200,7 @@ def test_cli_options_reach_run_batch_and_eval() -> None:
 def test_without_the_sdk_a_clear_one_line_error(monkeypatch: pytest.MonkeyPatch) -> None:
     import importlib.util
 
-    from nbagent.mcptools import hub_for
+    from nbagent.tools.mcp import hub_for
 
     real = importlib.util.find_spec
     monkeypatch.setattr(

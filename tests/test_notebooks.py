@@ -217,7 +217,7 @@ def test_data_analysis_computes_plots_returns_and_replays(run: Any) -> None:
     by_sex = df.pivot_table(index="species", columns="sex", values="body_mass_g")
     shown = _text(_outputs(nb, "by_sex"))
     assert f"{round(by_sex.loc['Gentoo', 'male']):.1f}" in shown and "male - female" in shown
-    assert "all outputs match" in _text(_outputs(nb, "from nbagent.replay import replay"))
+    assert "all outputs match" in _text(_outputs(nb, "from nbagent.records.replay import replay"))
 
 
 @pytest.mark.slow
@@ -230,7 +230,7 @@ def test_api_runs_streams_awaits_transfers_and_batches(run: Any) -> None:
     )
     fields = _text(_outputs(nb, "from collections import Counter"))
     assert "status:   answered" in fields and "steps:    2" in fields
-    log = _text(_outputs(nb, "from nbagent.events import")).strip().splitlines()
+    log = _text(_outputs(nb, "from nbagent.core.events import")).strip().splitlines()
     kinds = [line.split()[0] for line in log]
     assert kinds[0] == "RunStarted" and kinds[-1] == "RunFinished"
     assert kinds.count("StepStarted") == 2 and "TextDelta" not in kinds
@@ -242,7 +242,7 @@ def test_api_runs_streams_awaits_transfers_and_batches(run: Any) -> None:
     heavy = df[df["body_mass_g"] > 5000]
     assert f"{len(heavy)} penguins weigh more than 5,000 g" in pulled
     assert "counts: array([" in pulled and "<table" in pulled
-    assert "{'answered': 3}" in _text(_outputs(nb, "from nbagent.batch import"))
+    assert "{'answered': 3}" in _text(_outputs(nb, "from nbagent.apps.batch import"))
     table = _text(_outputs(nb, "import pandas as pd"))
     for species in ("Adelie", "Chinstrap", "Gentoo"):
         flippers = df.loc[df["species"] == species, "flipper_length_mm"]

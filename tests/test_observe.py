@@ -6,9 +6,9 @@ import base64
 import struct
 import zlib
 
-from nbagent.events import CellFinished
-from nbagent.observe import ANSWER_MIME, SUMMARY_MIME, observe
-from nbagent.text import terminal_text
+from nbagent.core.events import CellFinished
+from nbagent.core.text import terminal_text
+from nbagent.dialogue.observe import ANSWER_MIME, SUMMARY_MIME, observe
 
 
 def _cell(*outputs: dict, status: str = "ok", **kw: object) -> CellFinished:
@@ -158,7 +158,7 @@ def test_terminal_text_handles_progress_bars_and_controls() -> None:
 def test_prelude_keeps_printed_text_across_cells_without_nesting() -> None:
     """The prelude's tee re-attaches before each cell without wrapping itself again."""
     from nbagent.kernel.session import KernelSession
-    from nbagent.prelude import PRELUDE
+    from nbagent.kernelside.prelude import PRELUDE
 
     with KernelSession(startup_code=PRELUDE) as k:
         counts = []

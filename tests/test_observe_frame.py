@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from nbagent.events import CellFinished
-from nbagent.observe import escape_frame, observe
-from nbagent.prompts import system_prompt
+from nbagent.core.events import CellFinished
+from nbagent.dialogue.observe import escape_frame, observe
+from nbagent.dialogue.prompts import system_prompt
 
 
 def _cell(*outputs: dict, status: str = "ok", note: str = "") -> CellFinished:

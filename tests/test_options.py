@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from nbagent import AgentOptions
-from nbagent.agent import Agent
-from nbagent.errors import ConfigError
+from nbagent.core.errors import ConfigError
 from nbagent.kernel.limits import ResourceLimits
+from nbagent.loop.agent import Agent
 
 OFFLINE = {"base_url": "http://127.0.0.1:9", "api_key": "k"}  # no request is ever sent
 

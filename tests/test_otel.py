@@ -23,7 +23,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
 from opentelemetry.trace import StatusCode
 
 from nbagent import Agent, tool
-from nbagent.errors import AuthenticationError
+from nbagent.core.errors import AuthenticationError
 from tests.llm_fixtures import Reply, ScriptedServer, scripted_model
 
 EXPORTER = InMemorySpanExporter()
@@ -142,8 +142,8 @@ def test_content_capture_and_a_failed_run(
 
 def test_no_opentelemetry_import_unless_the_application_uses_it(tmp_path: Path) -> None:
     code = (
-        "import sys, nbagent, nbagent.agent, nbagent.cli\n"
-        "from nbagent import telemetry\n"
+        "import sys, nbagent, nbagent.loop.agent, nbagent.apps.cli\n"
+        "from nbagent.loop import telemetry\n"
         "assert telemetry.run_tracer() is None and telemetry.capture_context() is None\n"
         "print(sorted(m for m in sys.modules if m.startswith(('opentelemetry', 'mcp'))))\n"
     )
@@ -157,7 +157,7 @@ def test_mcp_calls_nest_under_the_cell_that_made_them(
     scripted_openai: ScriptedServer, tmp_path: Path, spans: Any
 ) -> None:
     pytest.importorskip("mcp")
-    from nbagent.mcptools import McpServer
+    from nbagent.tools.mcp import McpServer
 
     server = str(Path(__file__).with_name("mcp_server") / "server.py")
     scripted_openai.add(py("print(convert(10))"), py("final_answer(1)"))
@@ -180,7 +180,7 @@ def test_mcp_calls_nest_under_the_cell_that_made_them(
 def test_loaded_but_not_configured_means_no_tracer() -> None:
     code = (
         "import opentelemetry.trace\n"
-        "from nbagent import telemetry\n"
+        "from nbagent.loop import telemetry\n"
         "assert telemetry.enabled()\n"
         "assert telemetry.run_tracer() is None\n"
         "print('ok')\n"

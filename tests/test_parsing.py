@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from nbagent.parsing import parse_reply
+from nbagent.dialogue.parsing import parse_reply
 
 
 def test_python_blocks_join_in_order_and_other_languages_stay_text() -> None:

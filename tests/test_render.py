@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import re
 
-from nbagent import events as ev
-from nbagent.progress import Progress, render_text
-from nbagent.render import highlight, render_html
+from nbagent.core import events as ev
+from nbagent.display.progress import Progress, render_text
+from nbagent.display.render import highlight, render_html
 from tests.panel_events import (
     ANSWER,
     HOSTILE_TEXT,

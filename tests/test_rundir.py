@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from nbagent.errors import ConfigError
-from nbagent.rundir import DEFAULT_RUNS_DIR, copy_data, new_run_dir, prepare_run_dir
+from nbagent.apps.rundir import DEFAULT_RUNS_DIR, copy_data, new_run_dir, prepare_run_dir
+from nbagent.core.errors import ConfigError
 
 
 @pytest.fixture

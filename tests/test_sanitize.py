@@ -9,7 +9,8 @@ from html.parser import HTMLParser
 
 import pytest
 
-from nbagent.sanitize import (
+from nbagent.core.text import strip_ansi
+from nbagent.display.sanitize import (
     HTML_LIMIT,
     IMAGE_LIMIT,
     TEXT_LIMIT,
@@ -17,7 +18,6 @@ from nbagent.sanitize import (
     safe_str,
     sanitize_html,
 )
-from nbagent.text import strip_ansi
 from tests.panel_events import HOSTILE_HTML, error_output, png_output, table_output
 
 

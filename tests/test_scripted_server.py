@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from nbagent.errors import ModelHTTPError
+from nbagent.core.errors import ModelHTTPError
 from nbagent.llm import Message, complete
 from tests.llm_fixtures import Reply, ScriptedServer, scripted_model
 
@@ -108,7 +108,7 @@ def test_reply_from_a_dict_checks_its_fields() -> None:
 def test_env_points_a_subprocess_at_the_server(scripted_openai: ScriptedServer) -> None:
     scripted_openai.add("from another process")
     code = (
-        "from nbagent._sync import run_sync\n"
+        "from nbagent.core._sync import run_sync\n"
         "from nbagent.llm import make_model, complete, Message\n"
         "print(run_sync(complete(make_model(), [Message('user', 'hi')])).text)\n"
     )

@@ -14,7 +14,7 @@ import nbformat
 import pytest
 
 from nbagent import Agent, Transcript, tool
-from nbagent.events import (
+from nbagent.core.events import (
     CellFinished,
     CodeProposed,
     ModelReplied,
@@ -23,7 +23,7 @@ from nbagent.events import (
     RunStarted,
     ToolCalled,
 )
-from nbagent.widget import AgentPanel
+from nbagent.notebook.widget import AgentPanel
 from tests.llm_fixtures import Reply, ScriptedServer, scripted_model
 
 HOST_KEY = "fx-" + "b7e2c9d4a1f08e3c"
@@ -384,7 +384,7 @@ def test_cli_with_tools_action_and_planning(
 
 
 def test_agent_rejects_bad_tool_options(tmp_path: Path) -> None:
-    from nbagent.errors import ConfigError
+    from nbagent.core.errors import ConfigError
 
     model = "openai:x"
     kw: dict[str, Any] = {"base_url": "http://127.0.0.1:9/v1", "workdir": tmp_path}
@@ -420,7 +420,7 @@ def test_observation_and_cells_of_a_tools_run_stay_consistent(
 def test_resume_replays_recorded_tool_results_then_calls_tools_live(
     scripted_openai: ScriptedServer, tmp_path: Path
 ) -> None:
-    from nbagent.replay import replay
+    from nbagent.records.replay import replay
 
     calls: list[tuple[float, str]] = []
     convert = make_convert(calls)

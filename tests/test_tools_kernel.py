@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 
 from nbagent import tool
-from nbagent.events import ToolCalled
+from nbagent.core.events import ToolCalled
 from nbagent.kernel.base import ExecutionResult
 from nbagent.kernel.session import KernelSession
-from nbagent.prelude import PRELUDE
-from nbagent.toolhost import ToolHost
+from nbagent.kernelside.prelude import PRELUDE
+from nbagent.tools.host import ToolHost
 from tests.kernel_fixtures import start_like_a_user, stream_text
 
 SECRET = "sk-weather-" + "7f3c9a1e5b2d4c6a8e0f"  # built at run time: not a literal in the kernel

@@ -11,14 +11,14 @@ from typing import Annotated, Any, Literal, Optional
 import pytest
 
 from nbagent import Tool, tool
-from nbagent.actions import RUN_PYTHON, read_reply, refusals, tools_for
-from nbagent.cli import main
-from nbagent.errors import ConfigError, ToolError
-from nbagent.events import Usage
+from nbagent.apps.cli import main
+from nbagent.core.errors import ConfigError, ToolError
+from nbagent.core.events import Usage
+from nbagent.dialogue.prompts import system_prompt
+from nbagent.kernelside.toolstubs import MARKER, replay_setup, tools_prelude
 from nbagent.llm.base import Completion, ToolCall
-from nbagent.prompts import system_prompt
-from nbagent.tools import check_tools, describe_tools, load_tools
-from nbagent.toolstubs import MARKER, replay_setup, tools_prelude
+from nbagent.loop.actions import RUN_PYTHON, read_reply, refusals, tools_for
+from nbagent.tools.tool import check_tools, describe_tools, load_tools
 
 
 @tool

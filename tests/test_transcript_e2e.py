@@ -12,9 +12,9 @@ from pathlib import Path
 
 import nbformat
 
-from nbagent.agent import Agent
-from nbagent.replay import replay
-from nbagent.transcript import Transcript
+from nbagent.loop.agent import Agent
+from nbagent.records.replay import replay
+from nbagent.records.transcript import Transcript
 from tests.llm_fixtures import Reply, ScriptedServer, scripted_model
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -13,8 +13,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from nbagent.errors import TranscriptError
-from nbagent.events import (
+from nbagent.core.errors import TranscriptError
+from nbagent.core.events import (
     CellFinished,
     CodeProposed,
     CodeSkipped,
@@ -25,8 +25,8 @@ from nbagent.events import (
     StepStarted,
     Usage,
 )
-from nbagent.observe import SUMMARY_MIME
-from nbagent.transcript import Transcript, atomic_write_notebook
+from nbagent.dialogue.observe import SUMMARY_MIME
+from nbagent.records.transcript import Transcript, atomic_write_notebook
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -192,8 +192,8 @@ def test_disk_full_leaves_old_file_intact(tmp_path: Path) -> None:
     script = textwrap.dedent(
         f"""
         import resource, signal, nbformat
-        from nbagent.transcript import atomic_write_notebook
-        from nbagent.errors import TranscriptError
+        from nbagent.records.transcript import atomic_write_notebook
+        from nbagent.core.errors import TranscriptError
         nb = nbformat.read({str(path)!r}, as_version=4)
         nb.cells.append(nbformat.v4.new_markdown_cell("x" * 200_000))
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
@@ -219,7 +219,7 @@ def test_kill_during_saves_never_leaves_a_broken_file(tmp_path: Path) -> None:
     script = textwrap.dedent(
         f"""
         import nbformat
-        from nbagent.transcript import atomic_write_notebook
+        from nbagent.records.transcript import atomic_write_notebook
         nb = nbformat.v4.new_notebook()
         i = 0
         print("ready", flush=True)

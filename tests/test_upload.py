@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from nbagent.agent import Agent
-from nbagent.cli import main
-from nbagent.errors import ConfigError, TransferError
+from nbagent.apps.cli import main
+from nbagent.core.errors import ConfigError, TransferError
 from nbagent.kernel.session import KernelSession
 from nbagent.kernel.upload import DataFile, collect_data, describe_data
+from nbagent.loop.agent import Agent
 from tests.kernel_fixtures import stream_text
 from tests.llm_fixtures import ScriptedServer, scripted_model
 

@@ -12,10 +12,10 @@ from typing import Any
 import ipywidgets as w
 import pytest
 
-from nbagent import _sync
-from nbagent import events as ev
-from nbagent.render import render_html
-from nbagent.widget import MAX_OUTPUTS, AgentPanel
+from nbagent.core import _sync
+from nbagent.core import events as ev
+from nbagent.display.render import render_html
+from nbagent.notebook.widget import MAX_OUTPUTS, AgentPanel
 from tests.panel_events import (
     ANSWER,
     HOSTILE_TEXT,

@@ -4,8 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nbagent.tracebacks import file_hint, fold
-from nbagent.workfiles import MAX_CHARS, MAX_ENTRIES, WorkdirWatch, changes, describe, snapshot
+from nbagent.dialogue.tracebacks import file_hint, fold
+from nbagent.dialogue.workfiles import (
+    MAX_CHARS,
+    MAX_ENTRIES,
+    WorkdirWatch,
+    changes,
+    describe,
+    snapshot,
+)
 
 
 def make(root: Path, *names: str, size: int = 10) -> None:
@@ -91,7 +98,7 @@ def test_changes_name_created_changed_and_removed_files(tmp_path: Path) -> None:
 
 
 def test_changes_are_capped() -> None:
-    from nbagent.workfiles import Entry
+    from nbagent.dialogue.workfiles import Entry
 
     after = {f"f{i}.csv": Entry(f"f{i}.csv", 1, False) for i in range(20)}
     line = changes({}, after)

@@ -85,7 +85,7 @@ class KernelBackend(Protocol):
     async def start(self, *, cwd: str, env: Mapping[str, str], timeout: float) -> None:
         """Start the kernel and return once it answers on shell and publishes on iopub.
 
-        Raises :class:`nbagent.errors.KernelStartupError` within ``timeout``, leaving nothing
+        Raises :class:`nbagent.core.errors.KernelStartupError` within ``timeout``, leaving nothing
         running, with what the kernel said (e.g. the last lines of its log) in the message.
         """
         ...

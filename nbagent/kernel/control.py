@@ -22,7 +22,7 @@ from typing import Any
 import zmq
 from jupyter_client.session import Session
 
-from nbagent.errors import KernelError
+from nbagent.core.errors import KernelError
 
 __all__ = ["channel_url", "create_subshell"]
 

@@ -25,7 +25,7 @@ What each bound means, per kernel process (its children each get the same bounds
   File too large``); it bounds each file, not the disk.
 
 Limits need nbagent to launch the kernel: with another backend (a gateway) the session raises
-:class:`~nbagent.errors.ConfigError` instead of silently running unbounded.
+:class:`~nbagent.core.errors.ConfigError` instead of silently running unbounded.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from nbagent.errors import ConfigError
+from nbagent.core.errors import ConfigError
 
 __all__ = ["ResourceLimits", "format_size", "parse_size", "with_host_watcher"]
 

@@ -55,14 +55,14 @@ from jupyter_client.manager import AsyncKernelManager
 from jupyter_client.provisioning import LocalProvisioner
 from jupyter_client.session import Session
 
-from nbagent.errors import ConfigError, KernelStartupError
+from nbagent.core.errors import ConfigError, KernelStartupError
+from nbagent.core.text import has_surrogate_escape, safe_obj
 from nbagent.kernel import _reaper
 from nbagent.kernel._limits import pid_alive
 from nbagent.kernel.base import Channel, KernelMessage, drain
 from nbagent.kernel.control import channel_url
 from nbagent.kernel.limits import ResourceLimits, with_host_watcher
 from nbagent.kernel.specs import OneSpec, command_spec, find_kernelspec, spec_env
-from nbagent.text import has_surrogate_escape, safe_obj
 
 __all__ = ["DEFAULT_KERNEL_CMD", "LocalBackend"]
 

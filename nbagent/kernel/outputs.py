@@ -27,8 +27,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+from nbagent.core.text import safe_text
 from nbagent.kernel.base import KernelMessage, OutputCallback
-from nbagent.text import safe_text
 
 __all__ = [
     "DROPPED_MIME",

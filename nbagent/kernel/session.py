@@ -13,7 +13,7 @@ This module is the *policy*, the same for every backend (a local process, a gate
 
 The backend (:class:`~nbagent.kernel.base.KernelBackend`) only starts, stops, signals and moves
 messages. The async methods are the implementation; the blocking ones are derived with
-:func:`nbagent._sync.sync_method`. Use one style per session: its sockets belong to the event
+:func:`nbagent.core._sync.sync_method`. Use one style per session: its sockets belong to the event
 loop that started it.
 """
 
@@ -27,8 +27,8 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
-from nbagent._sync import sync_method
-from nbagent.errors import (
+from nbagent.core._sync import sync_method
+from nbagent.core.errors import (
     ConfigError,
     KernelDiedError,
     KernelError,

@@ -16,7 +16,7 @@ from typing import Any
 
 from jupyter_client.kernelspec import KernelSpec, KernelSpecManager, NoSuchKernel
 
-from nbagent.errors import ConfigError
+from nbagent.core.errors import ConfigError
 from nbagent.kernel.env import is_secret
 
 __all__ = ["OneSpec", "command_spec", "find_kernelspec", "spec_env"]

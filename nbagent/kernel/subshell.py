@@ -40,7 +40,7 @@ from typing import Any
 
 from jupyter_client.session import Session
 
-from nbagent.errors import KernelError, KernelStartupError
+from nbagent.core.errors import KernelError, KernelStartupError
 from nbagent.kernel._limits import pid_alive
 from nbagent.kernel.base import Channel, ExecutionResult, KernelMessage, OutputCallback
 from nbagent.kernel.helper import HELPER

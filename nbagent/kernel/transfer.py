@@ -9,7 +9,7 @@ Generated code is untrusted, so nothing that comes from the kernel is ever unpic
 * pandas DataFrames as Parquet when both sides have pyarrow ≥ 14.0.1 (earlier versions could
   unpickle extension types: CVE-2023-47248), else pandas' JSON "table" format, which keeps the
   schema (dtypes, index) as far as JSON allows;
-* anything else is a :class:`~nbagent.errors.TransferError` naming the type.
+* anything else is a :class:`~nbagent.core.errors.TransferError` naming the type.
 
 The kernel side of the codec lives in ``_inkernel.py`` (kernel-side source, no nbagent imports);
 this module is the host side. Even if kernel code tampers with its helper, the host only ever
@@ -29,7 +29,7 @@ from collections.abc import Iterable, Mapping
 from functools import cache
 from typing import Any
 
-from nbagent.errors import TransferError
+from nbagent.core.errors import TransferError
 
 __all__ = [
     "TRANSFER_MIME",

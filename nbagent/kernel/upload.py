@@ -10,7 +10,7 @@ sent again, which keeps the re-check after a kernel restart cheap.
 
 Paths are checked on the host before anything runs (:func:`collect_data`): a missing path, a
 file over the size limit or two sources with the same target name are clear
-:class:`~nbagent.errors.ConfigError`\\ s. A file becomes ``<name>`` and a directory ``<dir
+:class:`~nbagent.core.errors.ConfigError`\\ s. A file becomes ``<name>`` and a directory ``<dir
 name>/…`` under the kernel's working directory.
 """
 
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nbagent.errors import ConfigError, KernelError, TransferError
+from nbagent.core.errors import ConfigError, KernelError, TransferError
 
 __all__ = ["DEFAULT_MAX_FILE_BYTES", "DataFile", "collect_data", "describe_data", "upload_files"]
 

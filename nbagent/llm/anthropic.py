@@ -22,8 +22,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from nbagent.errors import ConfigError
-from nbagent.events import Usage
+from nbagent.core.errors import ConfigError
+from nbagent.core.events import Usage
 from nbagent.llm.base import Completion, ImagePart, Message, TextPart, ToolCall, ToolSpec, count
 from nbagent.llm.client import HTTPChatModel, StreamBroken, StreamParser, error_text, str_field
 from nbagent.llm.openai import IMAGE_OMITTED

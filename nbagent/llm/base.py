@@ -8,7 +8,8 @@
   request is being sent again;
 * exactly one ``Completion`` last — the whole reply, its finish reason and token usage.
 
-A stream that ends in any other way raises a :class:`~nbagent.errors.ModelError`; a partial reply
+A stream that ends in any other way raises a :class:`~nbagent.core.errors.ModelError`; a partial
+reply
 is never handed on as a ``Completion``. Providers plug in by implementing ``stream``.
 """
 
@@ -18,7 +19,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from nbagent.events import Usage
+from nbagent.core.events import Usage
 
 __all__ = [
     "ChatModel",

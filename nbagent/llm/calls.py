@@ -11,7 +11,7 @@ import contextlib
 from collections.abc import AsyncGenerator, Sequence
 from typing import Any, cast
 
-from nbagent.errors import ModelResponseError
+from nbagent.core.errors import ModelResponseError
 from nbagent.llm.base import ChatModel, Completion, Message, StreamItem
 
 __all__ = ["complete"]
@@ -26,7 +26,7 @@ async def complete(model: ChatModel, messages: Sequence[Message], **kw: Any) -> 
         **kw: ``tools``, ``max_tokens``, ``temperature``, ``stop`` as for ``model.stream``.
 
     Raises:
-        ModelError: The call failed after its retries (see :mod:`nbagent.errors`).
+        ModelError: The call failed after its retries (see :mod:`nbagent.core.errors`).
     """
     stream = cast("AsyncGenerator[StreamItem, None]", model.stream(messages, **kw))
     async with contextlib.aclosing(stream) as items:

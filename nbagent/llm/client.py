@@ -8,7 +8,7 @@ an answer; this module does the rest, once:
 * the retry loop of :mod:`nbagent.llm.retry`, yielding a ``StreamRestart`` before each retry so
   the UI can say "retrying in 2.0 s (HTTP 429)" and drop the partial text;
 * responses are always closed (``async with``), so a failed attempt never keeps a connection;
-* every failure becomes one typed, one-line :class:`~nbagent.errors.ModelError` with the key
+* every failure becomes one typed, one-line :class:`~nbagent.core.errors.ModelError` with the key
   redacted — never a TypeError, a KeyError or an httpx exception.
 """
 
@@ -26,9 +26,8 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
-from nbagent import _lazy
-from nbagent._httpx import httpx
-from nbagent.errors import (
+from nbagent.core import _lazy
+from nbagent.core.errors import (
     AuthenticationError,
     ModelConnectionError,
     ModelError,
@@ -36,13 +35,14 @@ from nbagent.errors import (
     ModelResponseError,
     RateLimitError,
 )
-from nbagent.events import Usage
+from nbagent.core.events import Usage
+from nbagent.core.text import PieceJoiner, safe_obj, safe_text
+from nbagent.llm._httpx import httpx
 from nbagent.llm.base import Completion, Message, StreamItem, StreamRestart, ToolSpec
 from nbagent.llm.config import ModelConfig
 from nbagent.llm.retry import parse_retry_after, should_retry_status
 from nbagent.llm.secrets import Redactor, one_line
 from nbagent.llm.sse import ServerSentEvent, aiter_sse
-from nbagent.text import PieceJoiner, safe_obj, safe_text
 
 __all__ = [
     "HTTPChatModel",

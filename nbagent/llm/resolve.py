@@ -25,7 +25,7 @@ import os
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
-from nbagent.errors import ConfigError
+from nbagent.core.errors import ConfigError
 from nbagent.llm.anthropic import AnthropicChatModel
 from nbagent.llm.client import HTTPChatModel
 from nbagent.llm.config import ModelConfig

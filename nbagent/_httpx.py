@@ -1,9 +1,0 @@
-"""httpx, loaded without its command-line tool (see :func:`nbagent._lazy.httpx_without_cli`)."""
-
-from nbagent._lazy import httpx_without_cli
-
-httpx_without_cli()
-
-import httpx  # noqa: E402  (after the stand-in is in place)
-
-__all__ = ["httpx"]

@@ -1,0 +1,3 @@
+"""Applications: the nbagent CLI, batch, eval, the runner they share, the demo, terminal approval,
+host protection.
+"""

@@ -1,0 +1,3 @@
+"""What the model reads and writes: prompts, reply parsing, observations of kernel outputs,
+tracebacks, workdir listings. Pure: no kernel, no model client.
+"""

@@ -1,0 +1,3 @@
+"""Displays of the event stream without widgets: the RunLog fold, HTML, the terminal view,
+sanitising.
+"""

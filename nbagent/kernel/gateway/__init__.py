@@ -1,0 +1,1 @@
+"""The Jupyter Kernel Gateway backend: REST for kernel lifetime, a websocket for messages."""

@@ -1,0 +1,1 @@
+"""The agent loop: Agent, steps, actions, options, the request gate, telemetry."""

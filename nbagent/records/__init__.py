@@ -1,0 +1,1 @@
+"""Records of runs: the .ipynb transcript, replaying it, resuming a conversation from it."""
