@@ -1,4 +1,5 @@
-"""How the kernel-side helper (``_inkernel.py``) gets into a kernel, and how code names it.
+"""How the kernel-side helper (``kernelside/_inkernel.py``) gets into a kernel, and how code
+names it.
 
 The helper is plain source with no nbagent imports: it is sent as the text of one silent
 ``execute_request`` (:func:`boot_code`), compiled there into a module registered as
@@ -32,7 +33,9 @@ del __nbagent_boot
 
 @cache
 def _source() -> str:
-    return (Path(__file__).with_name("_inkernel.py")).read_text(encoding="utf-8")
+    # kernel-side source lives with the other code sent into kernels (nbagent/kernelside/)
+    source = Path(__file__).parent.parent / "kernelside" / "_inkernel.py"
+    return source.read_text(encoding="utf-8")
 
 
 def boot_code(cfg: dict[str, int]) -> str:
