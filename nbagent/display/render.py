@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from collections.abc import Iterable
 from html import escape
+from importlib.resources import files
 from typing import Any
 
 import pygments
@@ -31,128 +33,10 @@ from nbagent.display.view import STATUS, RunLog, RunView, StepView, seconds, str
 
 __all__ = ["CSS", "render_html"]
 
-_V = "var(--jp-{}, {})".format
-_FG, _FG2, _FG3 = _V("ui-font-color1", "inherit"), _V("ui-font-color2", "#666"), "#888"
-_BORDER = _V("border-color2", "rgba(127,127,127,.3)")
-_SUBTLE = _V("layout-color2", "rgba(127,127,127,.07)")
-_CODE_BG = _V("cell-editor-background", "rgba(127,127,127,.08)")
-_COLORS = {
-    "blue": _V("brand-color1", "#1976d2"),
-    "green": _V("success-color1", "#388e3c"),
-    "red": _V("error-color1", "#d32f2f"),
-    "amber": _V("warn-color1", "#f57c00"),
-    "grey": _V("ui-font-color2", "#757575"),
-}
-_HL = {
-    "keyword": ("k kn kc kd kr kp kt ow", "#008000", "font-weight:600"),
-    "string": ("s s1 s2 sd sa sb sc sh si sx sr ss se dl", "#ba2121", ""),
-    "comment": ("c c1 cm ch cs cp cpf", "#408080", "font-style:italic"),
-    "number": ("m mi mf mh mo mb il", "#080", ""),
-    "def": ("nf fm nc nn", "#0055aa", ""),
-    "builtin": ("nb bp", "#008000", ""),
-    "operator": ("o", "#aa22ff", ""),
-    "meta": ("nd", "#aa22ff", ""),
-}
-
-
-def _css() -> str:
-    rules = [
-        f".nbagent{{font-family:{_V('ui-font-family', 'system-ui, sans-serif')};"
-        f"font-size:{_V('ui-font-size1', '13px')};color:{_FG};line-height:1.45;"
-        f"border:1px solid {_BORDER};border-radius:8px;padding:0 0 6px;margin:4px 0;"
-        "max-width:100%;overflow:hidden}",
-        ".nbagent .widget-html,.nbagent .widget-html-content{margin:0;line-height:1.45;"
-        "width:100%;overflow:visible}",
-        ".nbagent .widget-html-content{line-height:inherit}",
-        f".nbagent .nba-header{{display:flex;align-items:center;gap:10px;flex-wrap:wrap;"
-        f"padding:8px 12px;background:{_SUBTLE};border-bottom:1px solid {_BORDER}}}",
-        ".nbagent .nba-brand{font-weight:650;letter-spacing:.2px}",
-        f".nbagent .nba-logo{{color:{_COLORS['blue']}}}",
-        f".nbagent .nba-meta{{color:{_FG2};font-variant-numeric:tabular-nums}}",
-        ".nbagent .nba-meta b{font-weight:600}",
-        ".nbagent .nba-badge{display:inline-block;border-radius:10px;padding:0 8px;"
-        "font-size:11.5px;font-weight:600;line-height:19px;white-space:nowrap;border:1px solid}",
-        ".nbagent .nba-task,.nbagent .nba-answer,.nbagent .nba-notices{margin:10px 12px 0}",
-        f".nbagent .nba-label{{font-size:11px;font-weight:700;text-transform:uppercase;"
-        f"letter-spacing:.6px;color:{_FG2};margin-bottom:2px}}",
-        ".nbagent .nba-task-text,.nbagent .nba-text,.nbagent .nba-answer-text"
-        "{white-space:pre-wrap;overflow-wrap:anywhere}",
-        ".nbagent .nba-task-text{font-size:1.08em}",
-        f".nbagent .nba-step{{margin:10px 12px 0;padding:6px 10px 8px;border:1px solid "
-        f"{_BORDER};border-left-width:3px;border-radius:6px}}",
-        ".nbagent .nba-step-head{display:flex;align-items:center;gap:8px}",
-        ".nbagent .nba-step-no{font-weight:650}",
-        f".nbagent hr.nba-sep{{border:0;border-top:1px solid {_BORDER};margin:14px 0 0}}",
-        f".nbagent .nba-run+.nba-run{{border-top:1px solid {_BORDER};margin-top:14px}}",
-        f".nbagent .nba-dim{{color:{_FG2};font-size:.92em;font-variant-numeric:tabular-nums}}",
-        ".nbagent .nba-text{margin:4px 0 2px}",
-        ".nbagent .nba-caret{animation:nba-blink 1s steps(2) infinite}",
-        "@keyframes nba-blink{50%{opacity:0}}",
-        f".nbagent .nba-plan{{margin:4px 0;padding:4px 8px;border-left:3px solid "
-        f"{_COLORS['blue']};white-space:pre-wrap}}",
-        ".nbagent details.nba-code{margin:6px 0 2px}",
-        f".nbagent details>summary{{cursor:pointer;color:{_FG2};font-size:.92em;user-select:none}}",
-        f".nbagent pre.nba-src,.nbagent pre.nba-pre{{margin:4px 0 0;padding:8px 10px;"
-        f"background:{_CODE_BG};border:1px solid {_BORDER};border-radius:5px;"
-        f"font-family:{_V('code-font-family', 'ui-monospace, monospace')};"
-        f"font-size:{_V('code-font-size', '12.5px')};line-height:1.4;overflow-x:auto;"
-        "white-space:pre;color:inherit}",
-        ".nbagent pre.nba-pre{white-space:pre-wrap;overflow-wrap:anywhere;max-height:28em}",
-        f".nbagent .nba-err{{color:{_COLORS['red']}}}",
-        ".nbagent .nba-note{margin:4px 0 0;padding:3px 8px;border-radius:4px}",
-        ".nbagent .nba-tool{margin:3px 0 0;font-size:.95em}",
-        f".nbagent .nba-tag{{font-size:10.5px;font-weight:700;text-transform:uppercase;"
-        f"letter-spacing:.5px;color:{_FG2};border:1px solid {_BORDER};border-radius:3px;"
-        "padding:0 4px}",
-        f".nbagent .nba-tool code,.nbagent .nba-text code{{font-family:"
-        f"{_V('code-font-family', 'monospace')};font-size:.95em}}",
-        ".nbagent .nba-answer{padding:8px 12px;border:1px solid;border-left-width:4px;"
-        "border-radius:6px}",
-        ".nbagent .nba-answer-text{font-size:1.1em;margin:2px 0 4px}",
-        ".nbagent .nba-outputs{margin:6px 0 0}",
-        ".nbagent .nba-outputs img{max-width:100%;height:auto}",
-        ".nbagent .nba-html table{border-collapse:collapse;font-size:.95em}",
-        f".nbagent .nba-html th,.nbagent .nba-html td{{padding:2px 8px;border-bottom:1px solid "
-        f"{_BORDER};text-align:right}}",
-        ".nbagent .nba-bar{padding:8px 12px 0;display:flex;gap:6px;align-items:center}",
-        ".nbagent .jupyter-widgets-output-area,.nbagent .widget-output{margin-top:4px}",
-        f".nbagent .nba-status{{color:{_FG2};padding:4px 12px 0;font-size:.92em}}",
-        ".nbagent .jupyter-button.nba-btn{border-radius:5px;height:26px;padding:0 12px;"
-        "margin:0 4px 0 0;width:auto}",
-        f".nbagent .jupyter-button.nba-danger{{color:{_COLORS['red']};background:transparent;"
-        f"border:1px solid {_COLORS['red']}}}",
-        f".nbagent .jupyter-button.nba-primary{{color:#fff;background:{_COLORS['blue']}}}",
-        f".nbagent .jupyter-button.nba-quiet{{color:{_FG};background:transparent;"
-        f"border:1px solid {_BORDER}}}",
-        ".nbagent .jupyter-button:disabled{opacity:.45}",
-        f".nbagent textarea{{font-family:{_V('code-font-family', 'monospace')};"
-        f"font-size:{_V('code-font-size', '12.5px')}}}",
-        f".nbagent .nba-header-row{{align-items:center;padding:4px 10px 4px 0;"
-        f"background:{_SUBTLE};border-bottom:1px solid {_BORDER}}}",
-        ".nbagent .nba-header-row .nba-header{background:none;border:0}",
-        ".nbagent .nba-header-row>.widget-html{flex:1 1 auto;width:auto;min-width:0}",
-        ".nbagent .nba-header-row>.jupyter-button{flex:none}",
-    ]
-    for name, hex_colour in _COLORS.items():
-        rules.append(
-            f".nbagent .nba-c-{name}{{color:{hex_colour};border-color:{hex_colour};"
-            f"background:rgba(127,127,127,.06);"
-            f"background:color-mix(in srgb,{hex_colour} 11%,transparent)}}"
-        )
-        rules.append(
-            f".nbagent .nba-step.nba-c-{name}{{background:transparent;color:inherit;"
-            f"border-color:{_BORDER};border-left-color:{hex_colour}}}"
-        )
-        rules.append(f".nbagent .nba-answer.nba-c-{name}{{color:inherit}}")
-    for name, (classes, fallback, extra) in _HL.items():
-        selector = ",".join(f".nbagent .nba-h-{c}" for c in classes.split())
-        rules.append(f"{selector}{{color:var(--jp-mirror-editor-{name}-color,{fallback});{extra}}}")
-    return "\n".join(rules)
-
-
 #: The panel's and the summary's style sheet, scoped to ``.nbagent`` and themed by JupyterLab's
-#: CSS variables (with fallbacks for front ends that do not define them).
-CSS = _css()
+#: CSS variables (with fallbacks for front ends that do not define them): a data file.
+_CSS_FILE = files("nbagent.display").joinpath("panel.css")
+CSS = re.sub(r"/\*.*?\*/\s*", "", _CSS_FILE.read_text("utf-8"), flags=re.S).strip()
 
 
 def _esc(text: Any) -> str:
