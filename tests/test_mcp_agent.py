@@ -260,7 +260,8 @@ def test_a_server_that_does_not_start_is_one_line_before_any_model_call(
 
 HOST = """
 import json, sys, time
-from nbagent import Agent, _sync
+from nbagent import Agent
+from nbagent.core import _sync
 from nbagent.tools.mcp import McpServer
 from nbagent.notebook.widget import AgentPanel
 
