@@ -4,7 +4,7 @@ Launch, interrupt, restart, delete and liveness calls go through :meth:`GatewayR
 an unreachable gateway, one that does not answer in time, a refused token or an unknown
 kernelspec become a :class:`~nbagent.core.errors.KernelStartupError` naming the gateway (never the
 token) and what it said. The only module of nbagent outside ``nbagent.llm`` that imports httpx
-(see docs/architecture.md, "Layers"): the asyncio client serves the backend, the blocking one
+(see docs/architecture.md, "The tree"): the asyncio client serves the backend, the blocking one
 lets the exit-time reaper DELETE kernels from a thread when no event loop is left.
 """
 
