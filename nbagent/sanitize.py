@@ -31,8 +31,6 @@ import base64
 import re
 from typing import Any
 
-import nh3
-
 from nbagent.text import safe_text
 
 __all__ = [
@@ -154,6 +152,8 @@ def _filter_attribute(tag: str, attr: str, value: str) -> str | None:
 
 def sanitize_html(html: str) -> str:
     """Clean untrusted HTML with the conservative allow-list described in the module docstring."""
+    import nh3  # here: the CLI's terminal view uses this module's text helpers only
+
     html = nh3.clean(
         safe_str(html),
         tags=_TAGS,
