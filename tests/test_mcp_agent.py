@@ -349,7 +349,8 @@ def test_cli_run_with_an_mcp_server(
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "11.0\n"
-    assert "tool convert() ok" in proc.stderr and "tool signed() ok" in proc.stderr
+    assert 'step 1 · ↳ convert({"amount": 10, "currency": "USD"}) → 11.0' in proc.stderr
+    assert f"step 1 · ↳ signed({{\"text\": \"x\"}}) → '{signature}'" in proc.stderr
     nb = nbformat.read(out, as_version=4)
     step = next(c for c in nb.cells if c.metadata["nbagent"]["role"] == "step")
     # The server had the secret (its signature is right); the kernel did not.

@@ -187,7 +187,7 @@ def test_quickstart_answers_builds_on_state_and_saves_the_transcript(run: Any) -
     i = gaps.index(max(gaps))
     assert "model: openai:scripted" in _text(_outputs(nb, "import os"))
     first, chart, follow = _check_agent_runs(nb, 3)
-    assert "task: How many prime numbers" in first and "[kernel starting]" in first
+    assert "task: How many prime numbers" in first and "\nkernel starting\n" in first
     # The line magic returns the answer, computed in the agent's kernel.
     answer = _text(_outputs(nb, "answer = %agent"))
     assert f"There are {len(primes):,} primes below 10,000" in answer

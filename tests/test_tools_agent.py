@@ -374,7 +374,8 @@ def test_cli_with_tools_action_and_planning(
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "42\n"
-    assert "plan: Plan: call double." in proc.stderr and "tool double() ok" in proc.stderr
+    assert "step 1 · plan: Plan: call double." in proc.stderr
+    assert 'step 1 · ↳ double({"n": 21}) → 42' in proc.stderr
     nb = nbformat.read(out, as_version=4)
     roles = [c.metadata["nbagent"]["role"] for c in nb.cells]
     assert "plan" in roles

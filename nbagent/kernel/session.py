@@ -63,8 +63,9 @@ StdinHandler = Callable[[str, bool], Awaitable[str]]
 #: How often liveness is checked while waiting for a kernel (bounds death detection).
 _POLL = 0.25
 #: After the execute_reply, how long the channels may stay empty before we stop waiting for
-#: the trailing "idle" (only a dropped message makes it never come).
-_IDLE_GRACE = 2.0
+#: the trailing "idle" (only a dropped message makes it never come; a starved kernel's IOPub
+#: thread can trail its reply by more than 2 s on two loaded cores, losing the last outputs).
+_IDLE_GRACE = 5.0
 
 
 class _KernelGone(KernelError):
