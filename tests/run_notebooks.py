@@ -56,6 +56,9 @@ _DROP_ENV = re.compile(r"^(NBAGENT_|OPENAI_|ANTHROPIC_|OLLAMA_HOST$|MPLBACKEND$|
 _DATA_URL = re.compile(r"data:image/[a-z+]+;base64,[A-Za-z0-9+/=\s]+")
 #: Token counts in the agent's summaries: the scripted server derives them from the request's
 #: length, which changes with how a library version prints an observation, not with meaning.
+#: A step's execution count in the panel: the kernel's counter, which IPython 8 and 9 move
+#: differently for the agent's steps in the notebook's own kernel.
+_COUNT = re.compile(r"· \[\d+\] ·")
 _TOKENS = re.compile(r'[\d,]+(?:</b>)? tokens|title="[\d,]+ in · [\d,]+ out"')
 
 
@@ -183,6 +186,7 @@ def comparable(nb: nbformat.NotebookNode) -> list[tuple[str, list[str]]]:
             continue
         lines = normalise_outputs(cell.get("outputs", []))
         lines = [_TOKENS.sub("<tokens>", _DATA_URL.sub("data:image/…", line)) for line in lines]
+        lines = [_COUNT.sub("· [#] ·", line) for line in lines]
         cells.append((cell.source, lines))
     return cells
 

@@ -275,6 +275,12 @@ class SubshellBackend(LocalBackend):
         metadata: dict[str, Any] | None = None,
     ) -> str:
         assert self._session is not None
+        if msg_type == "execute_request":
+            # The agent's steps stay out of the notebook's input history: a subshell storing
+            # history beside the busy main shell races it for the same line number (IPython 8:
+            # "Session/line number was not unique in database", printed into the step's output)
+            # and moves the notebook's execution counter under the user's cells.
+            content = {**content, "store_history": False}
         msg = self._message(channel, msg_type, content, metadata=metadata)
         await self._sockets[channel].send_multipart(self._session.serialize(msg))
         return str(msg["header"]["msg_id"])
