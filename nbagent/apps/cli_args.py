@@ -12,8 +12,8 @@ import argparse
 import re
 from typing import Any
 
-from nbagent import __version__
 from nbagent.core.errors import ConfigError
+from nbagent.core.version import __version__
 
 __all__ = [
     "EXIT_FAILED",

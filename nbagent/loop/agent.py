@@ -22,7 +22,6 @@ import uuid
 import warnings
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 from nbagent.core import _sync
@@ -34,7 +33,6 @@ from nbagent.core.events import (
     Notice,
     RunFinished,
     RunStarted,
-    RunStatus,
     Usage,
 )
 from nbagent.core.text import safe_text
@@ -49,6 +47,7 @@ from nbagent.loop import telemetry
 from nbagent.loop._release import Owned, kernel_lost, release_unclosed
 from nbagent.loop.gate import RequestGate
 from nbagent.loop.options import RUN_FIELDS, AgentOptions
+from nbagent.loop.result import RunResult
 from nbagent.loop.steps import Approver, Decision, Finish, StepRunner
 from nbagent.tools.host import ToolHost
 from nbagent.tools.mcp import hub_for
@@ -61,23 +60,6 @@ if TYPE_CHECKING:  # nbformat costs up to seconds to import (jsonschema): load i
 __all__ = ["Agent", "AgentOptions", "Decision", "RunResult"]
 
 Listener = Callable[[Event], object]
-
-
-@dataclass(frozen=True)
-class RunResult:
-    """How a run ended. ``events`` holds every event of the run, in order."""
-
-    answer: str | None
-    status: RunStatus
-    reason: str
-    steps: int
-    usage: Usage
-    duration: float
-    events: tuple[Event, ...]
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "answered"
 
 
 class Agent:
@@ -366,14 +348,32 @@ class Agent:
     async def aresume(self, source: str | os.PathLike[str] | Transcript) -> Transcript:
         """Continue a saved run: restore its conversation, rebuild kernel state by re-running
         its code, and append the next runs to the same transcript (returned)."""
-        from nbagent.records.resume import rebuild
+        from nbagent.records.resume import rerun, restore_conversation
         from nbagent.records.transcript import Transcript
 
         self._bind_loop()
         if self.turns or len(self.messages) > 1:
             raise ConfigError("resume into a fresh Agent: this one already has a conversation")
         transcript = source if isinstance(source, Transcript) else Transcript.load(source)
-        await rebuild(self, transcript)
+        restored = restore_conversation(transcript.nb, self.messages[0].text)
+        self.messages = restored.messages
+        self.steps, self.turns, self.usage = restored.steps, restored.turns, restored.usage
+        self._pending = restored.pending
+        self._notify(
+            KernelStatus(status="restoring", detail=f"re-running {len(restored.code)} cells")
+        )
+        await self._ensure_kernel()
+        assert self._kernel is not None
+        prelude = self.tool_host.prelude() if self.tool_host is not None else None
+        await rerun(
+            self._kernel,
+            transcript,
+            restored.code,
+            timeout=self.step_timeout,
+            prelude=prelude,
+            notify=self._notify,
+        )
+        self._notify(KernelStatus(status="ready", detail="state restored"))
         self.add_listener(transcript)
         return transcript
 
@@ -423,19 +423,7 @@ class Agent:
         events: list[Event] = []
         async for event in self.astream(task):
             events.append(event)
-        # RunFinished is the stream's last event (listener failures are reported before it).
-        end = next((e for e in reversed(events) if isinstance(e, RunFinished)), None)
-        if end is None:  # pragma: no cover - astream always ends with RunFinished or raises
-            raise NbAgentError("the run ended without a final event")
-        return RunResult(
-            answer=end.answer,
-            status=end.status,
-            reason=end.reason,
-            steps=end.steps,
-            usage=end.usage,
-            duration=end.duration,
-            events=tuple(events),
-        )
+        return RunResult.of(events)
 
     def run(self, task: str) -> RunResult:
         """Blocking :meth:`arun` (Ctrl-C stops the run cleanly and re-raises)."""

@@ -33,8 +33,8 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
-from nbagent import __version__
 from nbagent.core import events as ev
+from nbagent.core.version import __version__
 
 __all__ = ["RunTracer", "configured", "current_context"]
 

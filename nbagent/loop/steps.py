@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from nbagent.core.errors import ModelResponseError
 from nbagent.core.events import (
@@ -39,7 +39,11 @@ from nbagent.llm.base import Completion, ImagePart, Message, StreamRestart, Text
 from nbagent.loop.actions import assistant_message, read_reply, refusals, tools_for
 
 if TYPE_CHECKING:
-    from nbagent.loop.agent import Agent
+    from nbagent.dialogue.workfiles import WorkdirWatch
+    from nbagent.kernel.session import KernelSession
+    from nbagent.llm.base import ChatModel
+    from nbagent.loop.options import AgentOptions
+    from nbagent.tools.host import ToolHost
 
 __all__ = ["Approver", "Decision", "Finish", "StepRunner", "find_answer"]
 
@@ -47,6 +51,27 @@ __all__ = ["Approver", "Decision", "Finish", "StepRunner", "find_answer"]
 #: Awaited with (step, code) before a cell runs (``Decision`` is
 #: :class:`nbagent.core.events.Decision`).
 Approver = Callable[[int, str], Awaitable[Decision]]
+
+
+class AgentState(Protocol):
+    """What the steps read and extend of their agent. :class:`~nbagent.loop.agent.Agent` is the
+    one implementation; a protocol, so that this module needs no import of it."""
+
+    options: AgentOptions
+    model: ChatModel
+    messages: list[Message]
+    steps: int
+    usage: Usage
+    vision: bool
+    tool_host: ToolHost | None
+    tool_names: frozenset[str]
+    files: WorkdirWatch | None
+
+    @property
+    def approve(self) -> Approver | None: ...
+
+    @property
+    def kernel(self) -> KernelSession | None: ...
 
 
 class Finish(Exception):
@@ -66,7 +91,7 @@ class StepRunner:
 
     def __init__(
         self,
-        agent: Agent,
+        agent: AgentState,
         emit: Callable[[Event], None],
         *,
         kernel_start: asyncio.Future[None],
@@ -104,21 +129,22 @@ class StepRunner:
         run_steps = 0
         correctives = 0
         while True:
-            if run_steps >= agent.max_steps:
+            if run_steps >= agent.options.max_steps:
                 raise Finish(
-                    "limit", f"reached the step limit ({agent.max_steps}) without a final answer"
+                    "limit",
+                    f"reached the step limit ({agent.options.max_steps}) without a final answer",
                 )
             self._check_deadline()
             run_steps += 1
             agent.steps += 1
             step = agent.steps
             self.emit(StepStarted(step=step))
-            interval = agent.planning_interval
+            interval = agent.options.planning_interval
             if interval and (run_steps - 1) % interval == 0:
                 await self._plan(step, first=run_steps == 1)
             completion = await self._ask_model(step)
-            reading = read_reply(completion, agent.action, agent.tool_names)
-            agent.messages.append(assistant_message(completion, agent.action))
+            reading = read_reply(completion, agent.options.action, agent.tool_names)
+            agent.messages.append(assistant_message(completion, agent.options.action))
             agent.messages.extend(refusals(reading.extra_calls))
             self._open_call = reading.call_id
             self._check_budget()
@@ -129,7 +155,7 @@ class StepRunner:
                     raise Finish("failed", "the model kept sending replies that cannot be run")
                 kind = "length" if cut_off else "empty"
                 problem = reading.problem if not cut_off else ""
-                self._tell(step, problem or corrective(kind, agent.action))
+                self._tell(step, problem or corrective(kind, agent.options.action))
                 continue
             correctives = 0
             if not reading.has_code:
@@ -207,7 +233,9 @@ class StepRunner:
     def _observe(self, cell: CellFinished, *, edited: bool = False) -> None:
         agent = self.agent
         workdir = agent.files.root if agent.files is not None else None
-        parts = observe(cell, vision=agent.vision, limit=agent.observation_limit, workdir=workdir)
+        parts = observe(
+            cell, vision=agent.vision, limit=agent.options.observation_limit, workdir=workdir
+        )
         text = parts.text
         changed = agent.files.changed() if agent.files is not None else ""
         if changed:
@@ -226,7 +254,7 @@ class StepRunner:
         """One model call; a plan call streams no text and reports no ``ModelReplied``."""
         agent = self.agent
         t0 = time.monotonic()
-        tools = tools_for(agent.action)
+        tools = tools_for(agent.options.action)
 
         async def ask() -> Completion:
             completion: Completion | None = None
@@ -282,7 +310,7 @@ class StepRunner:
         self.kernel_start.result()  # raises KernelStartupError if the start failed
         kernel = self.agent.kernel
         assert kernel is not None
-        timeout = self.agent.step_timeout
+        timeout = self.agent.options.step_timeout
         remaining = self._remaining()
         if remaining is not None:
             timeout = max(min(timeout, remaining), 0.1)
@@ -321,7 +349,7 @@ class StepRunner:
         return max(self.deadline - time.monotonic(), 0.001)
 
     def _check_budget(self) -> None:
-        budget, used = self.agent.token_budget, self.agent.usage.total_tokens
+        budget, used = self.agent.options.token_budget, self.agent.usage.total_tokens
         if budget is not None and used >= budget:
             raise Finish("limit", f"token budget of {budget:,} reached ({used:,} tokens used)")
 
@@ -330,7 +358,7 @@ class StepRunner:
             raise Finish("limit", self._deadline_reason())
 
     def _deadline_reason(self) -> str:
-        return f"wall-clock limit of {self.agent.time_limit:g} s reached"
+        return f"wall-clock limit of {self.agent.options.time_limit:g} s reached"
 
 
 def find_answer(outputs: Sequence[dict[str, Any]]) -> str | None:

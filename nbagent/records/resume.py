@@ -10,18 +10,19 @@ kernel or were skipped, exactly those a plain re-run skips too.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import nbformat
 
 from nbagent.core.errors import TranscriptError
-from nbagent.core.events import KernelStatus, Notice, Usage
+from nbagent.core.events import Event, Notice, Usage
 from nbagent.dialogue.prompts import task_message
 from nbagent.llm.base import Message
 
 if TYPE_CHECKING:
-    from nbagent.loop.agent import Agent
+    from nbagent.kernel.session import KernelSession
     from nbagent.records.transcript import Transcript
 
 __all__ = ["Restored", "restore_conversation"]
@@ -96,23 +97,25 @@ def _skipped(cell: Any) -> bool:
     return "skip-execution" in cell.metadata.get("tags", [])
 
 
-async def rebuild(agent: Agent, transcript: Transcript) -> None:
-    """Restore ``transcript``'s conversation into the fresh ``agent`` and its kernel state by
-    re-running the transcript's code (``Agent.aresume``)."""
-    restored = restore_conversation(transcript.nb, agent.messages[0].text)
-    agent.messages = restored.messages
-    agent.steps, agent.turns, agent.usage = restored.steps, restored.turns, restored.usage
-    agent._pending = restored.pending
-    agent._notify(KernelStatus(status="restoring", detail=f"re-running {len(restored.code)} cells"))
-    await agent._ensure_kernel()
-    assert agent._kernel is not None
-    # Host tools are not called again: their recorded results are replayed, as in a plain
-    # re-execution of the transcript; the live stubs come back afterwards.
+async def rerun(
+    kernel: KernelSession,
+    transcript: Transcript,
+    code: Sequence[str],
+    *,
+    timeout: float | None,
+    prelude: str | None,
+    notify: Callable[[Event], object],
+) -> None:
+    """Rebuild kernel state for ``Agent.aresume``: run the restored ``code`` in ``kernel``.
+
+    Host tools are not called again: their recorded results are replayed, as in a plain
+    re-execution of the transcript; the live stubs (``prelude``) come back afterwards. A step that
+    times out or kills the kernel is reported through ``notify`` and the rest still run.
+    """
     replay = transcript.tool_replay_source()
-    for code in [replay, *restored.code] if replay else restored.code:
-        result = await agent._kernel.aexecute(code, timeout=agent.step_timeout)
+    for cell in [replay, *code] if replay else code:
+        result = await kernel.aexecute(cell, timeout=timeout)
         if result.status in ("timeout", "died"):
-            agent._notify(Notice(level="warning", message=f"while restoring state: {result.note}"))
-    if replay and agent.tool_host is not None:
-        await agent._kernel.aexecute(agent.tool_host.prelude(), timeout=agent.step_timeout)
-    agent._notify(KernelStatus(status="ready", detail="state restored"))
+            notify(Notice(level="warning", message=f"while restoring state: {result.note}"))
+    if replay and prelude is not None:
+        await kernel.aexecute(prelude, timeout=timeout)

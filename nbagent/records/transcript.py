@@ -34,7 +34,6 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from nbagent import __version__
 from nbagent.core import events as ev
 from nbagent.core._lazy import after_request, lazy
 from nbagent.core.errors import TranscriptError
@@ -57,6 +56,7 @@ from nbagent.core.events import (
     ToolCalled,
 )
 from nbagent.core.text import safe_text
+from nbagent.core.version import __version__
 from nbagent.dialogue.observe import ANSWER_MIME, SUMMARY_MIME
 from nbagent.dialogue.workfiles import own_file
 from nbagent.kernelside.prelude import SETUP_CELL, inputs_cell
