@@ -161,7 +161,7 @@ def bench_chars() -> dict[str, Any]:
 def bench_cold_start(rounds: int, warm: bool = False) -> list[float]:
     """Seconds from the first request to the second, the first reply held back 1.5 s; with
     ``warm`` the kernel is started and awaited before the run (the floor: nothing to hide)."""
-    from nbagent.core import _sync
+    from nbagent.core import sync
     from nbagent.llm import make_model
     from nbagent.loop.agent import Agent
 
@@ -171,7 +171,7 @@ def bench_cold_start(rounds: int, warm: bool = False) -> list[float]:
             model = make_model("openai:bench", base_url=server.base_url, api_key="")
             with tempfile.TemporaryDirectory() as tmp, Agent(model, workdir=tmp) as agent:
                 if warm:
-                    _sync.run_sync(agent.astart())
+                    sync.run_sync(agent.astart())
                 assert agent.run("go").ok
             first, second = server.chat_requests[:2]
             gaps.append(second.time - first.time)

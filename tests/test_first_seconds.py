@@ -295,16 +295,16 @@ def test_the_request_gate_opens_on_the_written_request_or_when_asked() -> None:
 
 PRELOAD = """
 import sys
-from nbagent.core import _lazy
-_lazy.after_request("json.tool")
-assert "json.tool" not in sys.modules and _lazy.waiting()
-_lazy.request_sent()
+from nbagent.core import lazy
+lazy.after_request("json.tool")
+assert "json.tool" not in sys.modules and lazy.waiting()
+lazy.request_sent()
 import threading, time
 deadline = time.monotonic() + 10
 while "json.tool" not in sys.modules and time.monotonic() < deadline:
     time.sleep(0.01)
-assert "json.tool" in sys.modules and not _lazy.waiting()
-_lazy.after_request("tabnanny")  # after the first request: at once
+assert "json.tool" in sys.modules and not lazy.waiting()
+lazy.after_request("tabnanny")  # after the first request: at once
 deadline = time.monotonic() + 10
 while "tabnanny" not in sys.modules and time.monotonic() < deadline:
     time.sleep(0.01)

@@ -329,7 +329,7 @@ def test_one_model_works_from_several_event_loops(scripted_openai: ScriptedServe
     # (closed at the end of each loop, as a pool must be before its loop goes away).
     import asyncio
 
-    from nbagent.core._sync import run_sync
+    from nbagent.core.sync import run_sync
 
     scripted_openai.add("one", "two", "three")
     model = scripted_model(scripted_openai)

@@ -261,7 +261,7 @@ def test_a_server_that_does_not_start_is_one_line_before_any_model_call(
 HOST = """
 import json, sys, time
 from nbagent import Agent
-from nbagent.core import _sync
+from nbagent.core import sync
 from nbagent.tools.mcp import McpServer
 from nbagent.notebook.widget import AgentPanel
 
@@ -269,8 +269,8 @@ mode, python, server, workdir = sys.argv[1:5]
 agent = Agent("openai:x", base_url="http://127.0.0.1:9/v1", workdir=workdir,
               mcp=[McpServer((python, server))])
 agent.__enter__()
-tools = {t.name: t for t in _sync.run_sync(agent._mcp.started())}
-child = _sync.run_sync(tools["spawn_child"].fn()).value
+tools = {t.name: t for t in sync.run_sync(agent._mcp.started())}
+child = sync.run_sync(tools["spawn_child"].fn()).value
 group = agent._mcp._connections[0].group.pid
 print(json.dumps({"server": group, "child": child}), flush=True)
 sys.stdin.readline()  # "go", or a signal
@@ -350,7 +350,7 @@ def test_cli_run_with_an_mcp_server(
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "11.0\n"
     assert 'step 1 · ↳ convert({"amount": 10, "currency": "USD"}) → 11.0' in proc.stderr
-    assert f"step 1 · ↳ signed({{\"text\": \"x\"}}) → '{signature}'" in proc.stderr
+    assert f'step 1 · ↳ signed({{"text": "x"}}) → \'{signature}\'' in proc.stderr
     nb = nbformat.read(out, as_version=4)
     step = next(c for c in nb.cells if c.metadata["nbagent"]["role"] == "step")
     # The server had the secret (its signature is right); the kernel did not.

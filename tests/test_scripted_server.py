@@ -108,7 +108,7 @@ def test_reply_from_a_dict_checks_its_fields() -> None:
 def test_env_points_a_subprocess_at_the_server(scripted_openai: ScriptedServer) -> None:
     scripted_openai.add("from another process")
     code = (
-        "from nbagent.core._sync import run_sync\n"
+        "from nbagent.core.sync import run_sync\n"
         "from nbagent.llm import make_model, complete, Message\n"
         "print(run_sync(complete(make_model(), [Message('user', 'hi')])).text)\n"
     )

@@ -12,8 +12,8 @@ from typing import Any
 import ipywidgets as w
 import pytest
 
-from nbagent.core import _sync
 from nbagent.core import events as ev
+from nbagent.core import sync
 from nbagent.display.render import render_html
 from nbagent.notebook.widget import MAX_OUTPUTS, AgentPanel
 from tests.panel_events import (
@@ -358,7 +358,7 @@ def test_approval_awaited_on_the_agent_loop(panel: AgentPanel) -> None:
         return await asyncio.wrap_future(ask(panel, 1, "x = 1"))
 
     result: list[ev.Decision] = []
-    thread = threading.Thread(target=lambda: result.append(_sync.run_sync(agent_side())))
+    thread = threading.Thread(target=lambda: result.append(sync.run_sync(agent_side())))
     thread.start()
 
     def shown() -> bool:  # drawn by the panel's own pump thread

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from nbagent.apps.runner import probe_model, run_agent, run_bounded
-from nbagent.core import _sync
+from nbagent.core import sync
 from nbagent.core.errors import ConfigError, NbAgentError
 from nbagent.kernel.upload import DataFile, collect_data
 
@@ -216,7 +216,7 @@ async def arun_batch(
     return BatchReport(tuple(results), time.monotonic() - t0)
 
 
-run_batch = _sync.sync_method(arun_batch)
+run_batch = sync.sync_method(arun_batch)
 
 
 def _describe(exc: Exception) -> str:

@@ -48,7 +48,7 @@ from nbagent.apps.dabench import (
     score_answer,
 )
 from nbagent.apps.runner import probe_model, run_agent, run_bounded
-from nbagent.core import _sync
+from nbagent.core import sync
 from nbagent.core.errors import AuthenticationError, ConfigError, NbAgentError
 
 __all__ = ["EvalReport", "QuestionResult", "aevaluate", "evaluate"]
@@ -330,7 +330,7 @@ async def aevaluate(
     return report
 
 
-evaluate = _sync.sync_method(aevaluate)
+evaluate = sync.sync_method(aevaluate)
 
 
 def _write_atomic(path: Path, text: str) -> None:

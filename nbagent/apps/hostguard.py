@@ -9,7 +9,7 @@ handles Ctrl-C then does the same: the run is cancelled and finishes with status
 (``RunFinished`` reaches the transcript), the kernel is interrupted and shut down, and the CLI
 exits with 128 + the signal's number (143, 129). A second signal while that clean-up runs is
 ignored (SIGKILL still works). The Python API installs no such handler; see
-:func:`nbagent.kernel._reaper.install_sigterm_handler` for the one it may install.
+:func:`nbagent.kernel.reaper.install_sigterm_handler` for the one it may install.
 
 **Non-dumpable host.** Kernel code runs as the same user as the host, and a same-user process
 may read ``/proc/<host pid>/environ`` (where API keys usually are) and ``/proc/<host pid>/mem``.

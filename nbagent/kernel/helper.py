@@ -1,4 +1,4 @@
-"""How the kernel-side helper (``kernelside/_inkernel.py``) gets into a kernel, and how code
+"""How the kernel-side helper (``kernelside/inkernel.py``) gets into a kernel, and how code
 names it.
 
 The helper is plain source with no nbagent imports: it is sent as the text of one silent
@@ -34,7 +34,7 @@ del __nbagent_boot
 @cache
 def _source() -> str:
     # kernel-side source lives with the other code sent into kernels (nbagent/kernelside/)
-    source = Path(__file__).parent.parent / "kernelside" / "_inkernel.py"
+    source = Path(__file__).parent.parent / "kernelside" / "inkernel.py"
     return source.read_text(encoding="utf-8")
 
 

@@ -57,7 +57,7 @@ from jupyter_client.session import Session
 
 from nbagent.core.errors import ConfigError, KernelStartupError
 from nbagent.core.text import has_surrogate_escape, safe_obj
-from nbagent.kernel import _reaper
+from nbagent.kernel import reaper
 from nbagent.kernel._limits import pid_alive
 from nbagent.kernel.base import Channel, KernelMessage, drain
 from nbagent.kernel.control import channel_url
@@ -234,7 +234,7 @@ class LocalBackend:
         self._cwd, self._env = cwd, dict(env)
         if self._runtime is None:
             self._runtime = _make_runtime_dir()
-        _reaper.register(self)
+        reaper.register(self)
         try:
             await asyncio.wait_for(self._launch_and_wait(), timeout)
         except BaseException as exc:
@@ -455,7 +455,7 @@ class LocalBackend:
             await self._stop_process(polite=True, wait=timeout)
         finally:
             self._remove_runtime()
-            _reaper.unregister(self)
+            reaper.unregister(self)
 
     # -- stopping ----------------------------------------------------------------------------
 
@@ -523,7 +523,7 @@ class LocalBackend:
             shutil.rmtree(self._runtime, ignore_errors=True)
             self._runtime = None
 
-    # -- reaping at interpreter exit (no event loop; see _reaper) ----------------------------
+    # -- reaping at interpreter exit (no event loop; see reaper) ----------------------------
 
     def begin_reap(self) -> None:
         self._signal_group(signal.SIGTERM)

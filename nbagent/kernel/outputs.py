@@ -41,7 +41,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: Published by the kernel-side helper when it cut a stream at the source
-#: (see kernelside/_inkernel.py).
+#: (see kernelside/inkernel.py).
 DROPPED_MIME = "application/vnd.nbagent.dropped+json"
 _LIVE_MARKER = "\n[… output truncated here; the end follows when the cell finishes …]\n"
 

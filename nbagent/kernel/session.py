@@ -13,7 +13,7 @@ This module is the *policy*, the same for every backend (a local process, a gate
 
 The backend (:class:`~nbagent.kernel.base.KernelBackend`) only starts, stops, signals and moves
 messages. The async methods are the implementation; the blocking ones are derived with
-:func:`nbagent.core._sync.sync_method`. Use one style per session: its sockets belong to the event
+:func:`nbagent.core.sync.sync_method`. Use one style per session: its sockets belong to the event
 loop that started it.
 """
 
@@ -27,7 +27,6 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
-from nbagent.core._sync import sync_method
 from nbagent.core.errors import (
     ConfigError,
     KernelDiedError,
@@ -35,7 +34,8 @@ from nbagent.core.errors import (
     KernelStartupError,
     TransferError,
 )
-from nbagent.kernel import _reaper
+from nbagent.core.sync import sync_method
+from nbagent.kernel import reaper
 from nbagent.kernel._limits import sweep_cgroups
 from nbagent.kernel.base import ExecStatus, ExecutionResult, KernelBackend, OutputCallback
 from nbagent.kernel.env import scrub_env
@@ -152,7 +152,7 @@ class KernelSession:
         self._execution_count: int | None = None
         self._kernel_pyarrow = False
         self.data = collect_data(data)
-        _reaper.install_sigterm_handler()
+        reaper.install_sigterm_handler()
 
     # -- properties --------------------------------------------------------------------------
 
@@ -287,7 +287,7 @@ class KernelSession:
         finalisers and exit paths; the session is closed afterwards."""
         if not self._closed:
             self._closed = True
-            _reaper.reap_one(self._backend)
+            reaper.reap_one(self._backend)
 
     start = sync_method(astart)
     restart = sync_method(arestart)

@@ -11,7 +11,7 @@ while we receive them. It launches nothing and never stops, signals or restarts 
 
 * **Stop and timeouts**: a kernel ``interrupt_request`` (SIGINT) reaches the main thread only.
   The backend keeps a second subshell, the *stopper*, and has it raise ``KeyboardInterrupt`` in
-  the agent's thread (``PyThreadState_SetAsyncExc``, see ``_inkernel._stop``), only while that
+  the agent's thread (``PyThreadState_SetAsyncExc``, see ``inkernel._stop``), only while that
   thread runs a cell. The user's variables are untouched.
 * **Code stuck in a C call** (``time.sleep(1e6)``, a blocking read) only sees that exception when
   the call returns. The stopper reports it; the session then leaves the stuck subshell to finish

@@ -11,7 +11,7 @@ Generated code is untrusted, so nothing that comes from the kernel is ever unpic
   schema (dtypes, index) as far as JSON allows;
 * anything else is a :class:`~nbagent.core.errors.TransferError` naming the type.
 
-The kernel side of the codec lives in ``kernelside/_inkernel.py`` (kernel-side source, no nbagent
+The kernel side of the codec lives in ``kernelside/inkernel.py`` (kernel-side source, no nbagent
 imports); this module is the host side. Even if kernel code tampers with its helper, the host
 only ever runs ``json.loads``, ``np.load(allow_pickle=False)``, ``pyarrow`` or ``pd.read_json``
 on what comes back.

@@ -1,7 +1,7 @@
 """httpx, loaded without its command-line tool (see
-:func:`nbagent.core._lazy.httpx_without_cli`)."""
+:func:`nbagent.core.lazy.httpx_without_cli`)."""
 
-from nbagent.core._lazy import httpx_without_cli
+from nbagent.core.lazy import httpx_without_cli
 
 httpx_without_cli()
 

@@ -26,7 +26,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
-from nbagent.core import _lazy
+from nbagent.core import lazy
 from nbagent.core.errors import (
     AuthenticationError,
     ModelConnectionError,
@@ -291,12 +291,12 @@ class HTTPChatModel:
     # -- internals -----------------------------------------------------------------------
 
     def _tracing(self) -> bool:
-        return self.on_sent is not None or _lazy.waiting()
+        return self.on_sent is not None or lazy.waiting()
 
     async def _trace(self, name: str, info: dict[str, Any]) -> None:
         """httpcore's trace hook: report the request written (or the attempt failed)."""
         if name.endswith(("send_request_body.complete", ".failed")):
-            _lazy.request_sent()
+            lazy.request_sent()
             if self.on_sent is not None:
                 self.on_sent()
                 self.on_sent = None  # only the first request matters

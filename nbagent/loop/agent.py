@@ -2,7 +2,7 @@
 
 ``Agent.astream(task)`` is the one place a run happens; ``arun`` collects it into a
 :class:`RunResult`, and the blocking ``run``/``stream`` are derived from them through the
-process-wide loop thread (:mod:`nbagent.core._sync`).
+process-wide loop thread (:mod:`nbagent.core.sync`).
 
 A run is a producer task that emits events into a queue; ``astream`` yields from the queue.
 Listeners (the transcript's autosave, a panel, a user callback) get each event first, in the
@@ -24,7 +24,7 @@ import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
-from nbagent.core import _sync
+from nbagent.core import sync
 from nbagent.core.errors import ConfigError, ListenerWarning, NbAgentError
 from nbagent.core.events import (
     Event,
@@ -38,7 +38,7 @@ from nbagent.core.events import (
 from nbagent.core.text import safe_text
 from nbagent.dialogue.prompts import follow_up, system_prompt, task_message
 from nbagent.dialogue.workfiles import WorkdirWatch
-from nbagent.kernel import _reaper
+from nbagent.kernel import reaper
 from nbagent.kernel.upload import DataFile, describe_data
 from nbagent.kernelside.prelude import PRELUDE
 from nbagent.llm import make_model
@@ -142,7 +142,7 @@ class Agent:
         self._owned = Owned(self.model)
         self._finalizer = weakref.finalize(self, release_unclosed, self._owned)
         self._finalizer.atexit = False  # at exit the reaper ends every kernel, silently
-        _reaper.install_sigterm_handler()  # works from the main thread only; see its docstring
+        reaper.install_sigterm_handler()  # works from the main thread only; see its docstring
 
     # -- settings ------------------------------------------------------------------------------
 
@@ -292,9 +292,9 @@ class Agent:
 
     def close(self) -> None:
         """Blocking :meth:`aclose`, for an Agent made without ``with`` (safe to call twice)."""
-        if self._loop is not None and self._loop is not _sync.get_loop():
+        if self._loop is not None and self._loop is not sync.get_loop():
             raise ConfigError("this Agent runs on your event loop: await agent.aclose() instead")
-        _sync.run_sync(self.aclose())
+        sync.run_sync(self.aclose())
 
     async def __aenter__(self) -> Agent:
         self._bind_loop()
@@ -305,11 +305,11 @@ class Agent:
         await self.aclose()
 
     def __enter__(self) -> Agent:
-        _sync.run_sync(self.__aenter__())
+        sync.run_sync(self.__aenter__())
         return self
 
     def __exit__(self, *exc: object) -> None:
-        _sync.run_sync(self.aclose())
+        sync.run_sync(self.aclose())
 
     def stop(self, reason: str = "stopped by the user") -> None:
         """Stop the current run from any thread: the kernel is interrupted, the run ends
@@ -339,11 +339,11 @@ class Agent:
 
     def push(self, values: Mapping[str, Any]) -> None:
         """Blocking :meth:`apush`."""
-        _sync.run_sync(self.apush(values))
+        sync.run_sync(self.apush(values))
 
     def pull(self, names: Sequence[str]) -> dict[str, Any]:
         """Blocking :meth:`apull`."""
-        return _sync.run_sync(self.apull(names))
+        return sync.run_sync(self.apull(names))
 
     async def aresume(self, source: str | os.PathLike[str] | Transcript) -> Transcript:
         """Continue a saved run: restore its conversation, rebuild kernel state by re-running
@@ -379,7 +379,7 @@ class Agent:
 
     def resume(self, source: str | os.PathLike[str] | Transcript) -> Transcript:
         """Blocking :meth:`aresume`."""
-        return _sync.run_sync(self.aresume(source))
+        return sync.run_sync(self.aresume(source))
 
     def _notify(self, event: Event) -> None:
         """Deliver an event outside a run (listeners only)."""
@@ -428,12 +428,12 @@ class Agent:
     def run(self, task: str) -> RunResult:
         """Blocking :meth:`arun` (Ctrl-C stops the run cleanly and re-raises)."""
         self._trace_parent = telemetry.capture_context()
-        return _sync.run_sync(self.arun(task))
+        return sync.run_sync(self.arun(task))
 
     def stream(self, task: str) -> Iterator[Event]:
         """Blocking :meth:`astream`: iterate over events as they happen."""
         self._trace_parent = telemetry.capture_context()
-        return _sync.iterate(self.astream(task))
+        return sync.iterate(self.astream(task))
 
     # -- the loop ------------------------------------------------------------------------------
 

@@ -45,7 +45,7 @@ from IPython.core.magic import Magics, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 from traitlets import Bool, Float, Int, List, Unicode
 
-from nbagent.core import _sync
+from nbagent.core import sync
 from nbagent.core.errors import NbAgentError
 from nbagent.core.events import Decision, Event
 from nbagent.display.progress import Progress, render_text
@@ -134,7 +134,7 @@ class _Session:
             self.agent.stop("the session was closed")
             self.active.finished.wait(STOP_GRACE)
         with contextlib.suppress(Exception):
-            _sync.run_sync(self.agent.aclose())
+            sync.run_sync(self.agent.aclose())
 
 
 class _Static:
@@ -455,7 +455,7 @@ class NbAgentMagics(Magics):
             agent.set_context(own.run_context(self.shell, agent))
         elif values:
             try:
-                _sync.run_sync(agent.apush(values))
+                sync.run_sync(agent.apush(values))
             except NbAgentError as exc:
                 raise UsageError(f"-i: {exc}") from None
         if not session.own:
@@ -476,7 +476,7 @@ class NbAgentMagics(Magics):
         agent.set_approver(run.approve if args.approve else None)
         remove = agent.add_listener(run.listen)
         future = asyncio.run_coroutine_threadsafe(
-            self._drive(run, agent, task, [] if session.own else outputs), _sync.get_loop()
+            self._drive(run, agent, task, [] if session.own else outputs), sync.get_loop()
         )
         if background:
             session.active = run

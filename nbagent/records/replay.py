@@ -172,6 +172,6 @@ def replay(path: str | Path, **kw: Any) -> ReplayReport:
     """Blocking :func:`areplay`."""
     if not Path(path).exists():
         raise ConfigError(f"no such notebook: {path}")
-    from nbagent.core._sync import run_sync
+    from nbagent.core.sync import run_sync
 
     return run_sync(areplay(path, **kw))

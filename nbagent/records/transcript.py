@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nbagent.core import events as ev
-from nbagent.core._lazy import after_request, lazy
 from nbagent.core.errors import TranscriptError
 from nbagent.core.events import (
     CellFinished,
@@ -55,6 +54,7 @@ from nbagent.core.events import (
     TextDelta,
     ToolCalled,
 )
+from nbagent.core.lazy import after_request, lazy
 from nbagent.core.text import safe_text
 from nbagent.core.version import __version__
 from nbagent.dialogue.observe import ANSWER_MIME, SUMMARY_MIME
@@ -64,7 +64,7 @@ from nbagent.kernelside.toolstubs import replay_setup
 
 if TYPE_CHECKING:
     import nbformat
-else:  # seconds to import where jsonschema's format checkers are installed: see _lazy
+else:  # seconds to import where jsonschema's format checkers are installed: see lazy
     nbformat = lazy("nbformat")
 
 __all__ = ["Transcript", "atomic_write_notebook", "check_output_path", "read_transcript"]
@@ -109,7 +109,7 @@ class Transcript:
         self.path = Path(path) if path is not None else None
         self.autosave = autosave and path is not None
         # The notebook is built when first needed: events before the model's first reply wait
-        # in the backlog while nbformat loads in the background (see _lazy).
+        # in the backlog while nbformat loads in the background (see lazy).
         self._nb: nbformat.NotebookNode | None = None
         self._backlog: list[ev.AnyEvent] = []
         self._replies: dict[int, str] = {}

@@ -30,7 +30,7 @@ client sends the same) plus the names you forward and the variables you give. Th
 host's environment never leaves the host, and the token travels only in request headers.
 
 **Clean-up.** ``shutdown()`` closes the socket and DELETEs the kernel. At interpreter exit or on
-SIGTERM the reaper (:mod:`nbagent.kernel._reaper`) sends the DELETE from a thread, no event loop
+SIGTERM the reaper (:mod:`nbagent.kernel.reaper`) sends the DELETE from a thread, no event loop
 needed. A host killed with SIGKILL cannot: the gateway's idle culling
 (``--MappingKernelManager.cull_idle_timeout``) is then the only safety net.
 """
@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nbagent.core.errors import ConfigError, KernelStartupError
-from nbagent.kernel import _reaper
+from nbagent.kernel import reaper
 from nbagent.kernel.base import Channel, KernelMessage, drain
 from nbagent.kernel.gateway._rest import ENV_TOKEN, ENV_URL, USER_AGENT, GatewayREST
 from nbagent.kernel.gateway._socket import KernelSocket
@@ -284,7 +284,7 @@ class GatewayBackend:
                 f"the kernel gateway at {self._shown} answered the launch without a kernel id"
             ) from None
         self._kernel_id = kernel_id
-        _reaper.register(self)
+        reaper.register(self)
         await self._open()
         await self._wait_ready()
         self._mark_ready()
@@ -377,7 +377,7 @@ class GatewayBackend:
         await self._close_socket()
         self._kernel_id = None
         self._alive = False
-        _reaper.unregister(self)
+        reaper.unregister(self)
 
     async def shutdown(self, *, timeout: float) -> None:
         self._closing = True
@@ -404,7 +404,7 @@ class GatewayBackend:
                 log.warning("could not delete kernel %s: %s", kernel_id, exc)
         self._kernel_id = None
         self._alive = False
-        _reaper.unregister(self)
+        reaper.unregister(self)
         await self._rest.aclose()
 
     # -- messages ----------------------------------------------------------------------------
@@ -508,7 +508,7 @@ class GatewayBackend:
             self._reconnects += socket.reconnects
             await socket.close()
 
-    # -- reaping at interpreter exit (no event loop; see _reaper) ----------------------------
+    # -- reaping at interpreter exit (no event loop; see reaper) ----------------------------
 
     def begin_reap(self) -> None:
         if self._kernel_id is not None:

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from nbagent.core.errors import ConfigError
-from nbagent.kernel import _reaper
+from nbagent.kernel import reaper
 from nbagent.kernel.env import scrub_env
 from nbagent.llm.secrets import Redactor, one_line
 from nbagent.tools.mcp.convert import McpTool, McpToolFailed, assign_names
@@ -192,12 +192,12 @@ class _Connection:
             return
         with contextlib.suppress(OSError, ValueError):
             self.group = _Group(int(self.pidfile.read_text()))
-            _reaper.register(self.group)
+            reaper.register(self.group)
 
     def _unregister(self) -> None:
         group, self.group = self.group, None
         if group is not None:
-            _reaper.unregister(group)
+            reaper.unregister(group)
             # The SDK has stopped the server; whatever else of its group is left (a child it
             # started) goes now.
             with contextlib.suppress(OSError):
@@ -233,7 +233,7 @@ class McpHub:
     def __init__(self, servers: Sequence[McpServer], *, taken: Iterable[str] = ()) -> None:
         self.servers = tuple(servers)
         self.taken = tuple(taken)
-        _reaper.install_sigterm_handler()  # works from the main thread, where agents are made
+        reaper.install_sigterm_handler()  # works from the main thread, where agents are made
         self._connections: list[_Connection] = []
         self._start: asyncio.Future[list[McpTool]] | None = None
         self.tools: list[McpTool] = []
