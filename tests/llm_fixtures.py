@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from nbagent.llm import ChatParams
 from tests.scripted_server import RecordedRequest, Reply, ScriptedServer
 
 __all__ = ["RecordedRequest", "Reply", "ScriptedServer", "collect", "scripted_model"]
@@ -29,7 +30,7 @@ def scripted_model(server: ScriptedServer, name: str = "scripted", **kw: Any) ->
 
 async def collect(model: Any, messages: Any, **kw: Any) -> list[Any]:
     """Everything ``model.stream(messages)`` yields, in order."""
-    return [item async for item in model.stream(messages, **kw)]
+    return [item async for item in model.stream(messages, ChatParams(**kw) if kw else None)]
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from nbagent.llm import (
+    ChatParams,
     Completion,
     ImagePart,
     Message,
@@ -102,7 +103,7 @@ async def test_options_go_into_the_body(scripted_openai: ScriptedServer) -> None
 
 def test_reasoning_models_get_max_completion_tokens() -> None:
     model = make_model("openai:o3-mini", base_url="http://x/v1", max_tokens=10)
-    body = model.build_body(HI, tools=(), max_tokens=10, temperature=None, stop=(), stream=True)
+    body = model.build_body(HI, ChatParams(max_tokens=10), stream=True)
     assert body["max_completion_tokens"] == 10 and "max_tokens" not in body
 
 
@@ -351,7 +352,7 @@ async def test_complete_refuses_a_stream_without_a_completion() -> None:
     class Broken:
         provider, name, vision = "fake", "broken", False
 
-        async def stream(self, messages: object, **kw: object) -> AsyncIterator[str]:
+        async def stream(self, messages: object, params: object = None) -> AsyncIterator[str]:
             yield "partial text"
 
         async def aclose(self) -> None:

@@ -18,7 +18,7 @@ from importlib import resources
 from pathlib import Path
 
 from nbagent.core.events import Usage
-from nbagent.llm.base import Completion, Message, StreamItem, ToolSpec
+from nbagent.llm.base import ChatParams, Completion, Message, StreamItem
 
 __all__ = ["DEMO_TASK", "RecordedModel", "demo_replies", "prepare_demo_data"]
 
@@ -62,14 +62,9 @@ class RecordedModel:
         return self._replies[self._served]
 
     async def stream(
-        self,
-        messages: Sequence[Message],
-        *,
-        tools: Sequence[ToolSpec] = (),
-        max_tokens: int | None = None,
-        temperature: float | None = None,
-        stop: Sequence[str] = (),
+        self, messages: Sequence[Message], params: ChatParams | None = None
     ) -> AsyncIterator[StreamItem]:
+        """The next recorded reply, in pieces; ``params`` change nothing in a recording."""
         text = self._next(messages)
         self._served += 1
         for i in range(0, len(text), self._chunk):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from nbagent.llm.base import (
     ChatModel,
+    ChatParams,
     Completion,
     ImagePart,
     Message,
@@ -35,6 +36,7 @@ from nbagent.llm.secrets import Secret
 __all__ = [
     "VISION_MODELS",
     "ChatModel",
+    "ChatParams",
     "Completion",
     "ImagePart",
     "Message",

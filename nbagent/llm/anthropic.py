@@ -24,7 +24,15 @@ from typing import Any
 
 from nbagent.core.errors import ConfigError
 from nbagent.core.events import Usage
-from nbagent.llm.base import Completion, ImagePart, Message, TextPart, ToolCall, ToolSpec, count
+from nbagent.llm.base import (
+    ChatParams,
+    Completion,
+    ImagePart,
+    Message,
+    TextPart,
+    ToolCall,
+    count,
+)
 from nbagent.llm.client import HTTPChatModel, StreamBroken, StreamParser, error_text, str_field
 from nbagent.llm.openai import IMAGE_OMITTED
 from nbagent.llm.sse import ServerSentEvent
@@ -86,16 +94,10 @@ class AnthropicChatModel(HTTPChatModel):
         return headers
 
     def build_body(
-        self,
-        messages: Sequence[Message],
-        *,
-        tools: Sequence[ToolSpec],
-        max_tokens: int | None,
-        temperature: float | None,
-        stop: Sequence[str],
-        stream: bool,
+        self, messages: Sequence[Message], params: ChatParams, *, stream: bool
     ) -> dict[str, Any]:
         system, turns = self._messages(messages)
+        max_tokens = params.max_tokens
         body: dict[str, Any] = {
             "model": self.name,
             "max_tokens": max_tokens if max_tokens is not None else DEFAULT_MAX_TOKENS,
@@ -105,15 +107,15 @@ class AnthropicChatModel(HTTPChatModel):
             body["system"] = system
         if stream:
             body["stream"] = True
-        if tools:
+        if params.tools:
             body["tools"] = [
                 {"name": t.name, "description": t.description, "input_schema": t.parameters}
-                for t in tools
+                for t in params.tools
             ]
-        if temperature is not None:
-            body["temperature"] = temperature
-        if stop:
-            body["stop_sequences"] = list(stop)
+        if params.temperature is not None:
+            body["temperature"] = params.temperature
+        if params.stop:
+            body["stop_sequences"] = list(params.stop)
         return body
 
     # -- messages ------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from nbagent.core.events import Usage
 
 __all__ = [
     "ChatModel",
+    "ChatParams",
     "Completion",
     "ImagePart",
     "Message",
@@ -116,6 +117,17 @@ class StreamRestart:
 StreamItem = str | StreamRestart | Completion
 
 
+@dataclass(frozen=True, slots=True)
+class ChatParams:
+    """What one chat request asks besides its messages (None and () leave it to the provider,
+    or for ``max_tokens`` to the model's configured default)."""
+
+    tools: Sequence[ToolSpec] = ()
+    max_tokens: int | None = None
+    temperature: float | None = None
+    stop: Sequence[str] = ()
+
+
 @runtime_checkable
 class ChatModel(Protocol):
     """A chat model reachable over HTTP (or scripted, in tests)."""
@@ -128,13 +140,7 @@ class ChatModel(Protocol):
     vision: bool
 
     def stream(
-        self,
-        messages: Sequence[Message],
-        *,
-        tools: Sequence[ToolSpec] = (),
-        max_tokens: int | None = None,
-        temperature: float | None = None,
-        stop: Sequence[str] = (),
+        self, messages: Sequence[Message], params: ChatParams | None = None
     ) -> AsyncIterator[StreamItem]:
         """Send ``messages`` and yield the reply as it streams (see the module docstring)."""
         ...

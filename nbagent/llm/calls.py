@@ -12,7 +12,7 @@ from collections.abc import AsyncGenerator, Sequence
 from typing import Any, cast
 
 from nbagent.core.errors import ModelResponseError
-from nbagent.llm.base import ChatModel, Completion, Message, StreamItem
+from nbagent.llm.base import ChatModel, ChatParams, Completion, Message, StreamItem
 
 __all__ = ["complete"]
 
@@ -23,12 +23,12 @@ async def complete(model: ChatModel, messages: Sequence[Message], **kw: Any) -> 
     Args:
         model: Any chat model, e.g. from :func:`nbagent.llm.make_model`.
         messages: The conversation.
-        **kw: ``tools``, ``max_tokens``, ``temperature``, ``stop`` as for ``model.stream``.
+        **kw: ``tools``, ``max_tokens``, ``temperature``, ``stop``: the fields of ``ChatParams``.
 
     Raises:
         ModelError: The call failed after its retries (see :mod:`nbagent.core.errors`).
     """
-    stream = cast("AsyncGenerator[StreamItem, None]", model.stream(messages, **kw))
+    stream = cast("AsyncGenerator[StreamItem, None]", model.stream(messages, ChatParams(**kw)))
     async with contextlib.aclosing(stream) as items:
         async for item in items:
             if isinstance(item, Completion):

@@ -38,7 +38,7 @@ from nbagent.core.errors import (
 from nbagent.core.events import Usage
 from nbagent.core.text import PieceJoiner, safe_obj, safe_text
 from nbagent.llm._httpx import httpx
-from nbagent.llm.base import Completion, Message, StreamItem, StreamRestart, ToolSpec
+from nbagent.llm.base import ChatParams, Completion, Message, StreamItem, StreamRestart
 from nbagent.llm.config import ModelConfig
 from nbagent.llm.retry import parse_retry_after, should_retry_status
 from nbagent.llm.secrets import Redactor, one_line
@@ -181,16 +181,9 @@ class HTTPChatModel:
     # -- provider hooks ------------------------------------------------------------------
 
     def build_body(
-        self,
-        messages: Sequence[Message],
-        *,
-        tools: Sequence[ToolSpec],
-        max_tokens: int | None,
-        temperature: float | None,
-        stop: Sequence[str],
-        stream: bool,
+        self, messages: Sequence[Message], params: ChatParams, *, stream: bool
     ) -> dict[str, Any]:
-        """The JSON request body."""
+        """The JSON request body (``params.max_tokens`` None: the provider's default)."""
         raise NotImplementedError
 
     def auth_headers(self) -> dict[str, str]:
@@ -228,23 +221,13 @@ class HTTPChatModel:
         )
 
     async def stream(
-        self,
-        messages: Sequence[Message],
-        *,
-        tools: Sequence[ToolSpec] = (),
-        max_tokens: int | None = None,
-        temperature: float | None = None,
-        stop: Sequence[str] = (),
+        self, messages: Sequence[Message], params: ChatParams | None = None
     ) -> AsyncIterator[StreamItem]:
         """Send ``messages`` and yield text pieces, restarts and finally one Completion."""
-        body = self.build_body(
-            messages,
-            tools=tools,
-            max_tokens=max_tokens if max_tokens is not None else self.config.max_tokens,
-            temperature=temperature,
-            stop=stop,
-            stream=self.config.stream,
-        )
+        params = params or ChatParams()
+        if params.max_tokens is None:
+            params = dataclasses.replace(params, max_tokens=self.config.max_tokens)
+        body = self.build_body(messages, params, stream=self.config.stream)
         policy = self.config.retry
         client = self._get_client()
         retries = 0

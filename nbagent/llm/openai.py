@@ -20,7 +20,15 @@ from typing import Any
 
 from nbagent.core.errors import ConfigError
 from nbagent.core.events import Usage
-from nbagent.llm.base import Completion, ImagePart, Message, TextPart, ToolCall, ToolSpec, count
+from nbagent.llm.base import (
+    ChatParams,
+    Completion,
+    ImagePart,
+    Message,
+    TextPart,
+    ToolCall,
+    count,
+)
 from nbagent.llm.client import HTTPChatModel, StreamBroken, StreamParser, error_text, str_field
 from nbagent.llm.sse import ServerSentEvent
 
@@ -71,20 +79,13 @@ class OpenAIChatModel(HTTPChatModel):
         return {"authorization": f"Bearer {key}"} if key else {}
 
     def build_body(
-        self,
-        messages: Sequence[Message],
-        *,
-        tools: Sequence[ToolSpec],
-        max_tokens: int | None,
-        temperature: float | None,
-        stop: Sequence[str],
-        stream: bool,
+        self, messages: Sequence[Message], params: ChatParams, *, stream: bool
     ) -> dict[str, Any]:
         body: dict[str, Any] = {"model": self.name, "messages": self._messages(messages)}
         if stream:
             body["stream"] = True
             body["stream_options"] = {"include_usage": True}
-        if tools:
+        if params.tools:
             body["tools"] = [
                 {
                     "type": "function",
@@ -94,15 +95,15 @@ class OpenAIChatModel(HTTPChatModel):
                         "parameters": t.parameters,
                     },
                 }
-                for t in tools
+                for t in params.tools
             ]
-        if max_tokens is not None:
+        if params.max_tokens is not None:
             reasoning = self.provider == "openai" and _REASONING.match(self.name.split("/")[-1])
-            body["max_completion_tokens" if reasoning else "max_tokens"] = max_tokens
-        if temperature is not None:
-            body["temperature"] = temperature
-        if stop:
-            body["stop"] = list(stop)
+            body["max_completion_tokens" if reasoning else "max_tokens"] = params.max_tokens
+        if params.temperature is not None:
+            body["temperature"] = params.temperature
+        if params.stop:
+            body["stop"] = list(params.stop)
         return body
 
     # -- messages ------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from __future__ import annotations
 import fnmatch
 import os
 from collections.abc import Mapping
+from typing import TYPE_CHECKING, TypedDict
 from urllib.parse import urlsplit
 
 from nbagent.core.errors import ConfigError
@@ -32,6 +33,9 @@ from nbagent.llm.config import ModelConfig
 from nbagent.llm.openai import OpenAIChatModel
 from nbagent.llm.retry import RetryPolicy
 from nbagent.llm.secrets import Secret
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = [
     "PROVIDERS",
@@ -111,6 +115,22 @@ def guess_vision(name: str) -> bool:
     return any(fnmatch.fnmatchcase(base, pattern) for pattern in VISION_MODELS)
 
 
+class ModelSettings(TypedDict, total=False):
+    """The settings :func:`make_model` passes on to :func:`resolve_config` (defaults there)."""
+
+    base_url: str | None
+    api_key: str | Secret | None
+    stream: bool
+    vision: bool | None
+    read_timeout: float
+    connect_timeout: float
+    max_retries: int
+    max_retry_wait: float
+    retry_base_delay: float
+    max_tokens: int | None
+    headers: Mapping[str, str] | None
+
+
 def resolve_config(
     spec: str | None = None,
     *,
@@ -182,21 +202,7 @@ def resolve_config(
     )
 
 
-def make_model(
-    spec: str | None = None,
-    *,
-    base_url: str | None = None,
-    api_key: str | Secret | None = None,
-    stream: bool = True,
-    vision: bool | None = None,
-    read_timeout: float = 120,
-    connect_timeout: float = 5,
-    max_retries: int = 2,
-    max_retry_wait: float = 60,
-    retry_base_delay: float = 0.5,
-    max_tokens: int | None = None,
-    headers: Mapping[str, str] | None = None,
-) -> HTTPChatModel:
+def make_model(spec: str | None = None, **settings: Unpack[ModelSettings]) -> HTTPChatModel:
     """Build a chat model client from a model string and the environment.
 
     Args:
@@ -221,21 +227,7 @@ def make_model(
     Raises:
         ConfigError: Nothing names a model, the string or URL is bad, or a key is required.
     """
-    config = resolve_config(
-        spec,
-        base_url=base_url,
-        api_key=api_key,
-        stream=stream,
-        vision=vision,
-        read_timeout=read_timeout,
-        connect_timeout=connect_timeout,
-        max_retries=max_retries,
-        max_retry_wait=max_retry_wait,
-        retry_base_delay=retry_base_delay,
-        max_tokens=max_tokens,
-        headers=headers,
-    )
-    return model_from_config(config)
+    return model_from_config(resolve_config(spec, **settings))
 
 
 def model_from_config(config: ModelConfig) -> HTTPChatModel:

@@ -35,7 +35,7 @@ from nbagent.core.events import (
 )
 from nbagent.dialogue.observe import ANSWER_MIME, observe
 from nbagent.dialogue.prompts import PLAN_CONTINUE, corrective, plan_request
-from nbagent.llm.base import Completion, ImagePart, Message, StreamRestart, TextPart
+from nbagent.llm.base import ChatParams, Completion, ImagePart, Message, StreamRestart, TextPart
 from nbagent.loop.actions import assistant_message, read_reply, refusals, tools_for
 
 if TYPE_CHECKING:
@@ -258,7 +258,7 @@ class StepRunner:
 
         async def ask() -> Completion:
             completion: Completion | None = None
-            async for item in agent.model.stream(agent.messages, tools=tools):
+            async for item in agent.model.stream(agent.messages, ChatParams(tools=tools)):
                 if isinstance(item, str):
                     if item and not plan:
                         self.emit(TextDelta(step=step, text=item))
