@@ -178,16 +178,8 @@ class AnthropicChatModel(HTTPChatModel):
     def new_stream_parser(self) -> StreamParser:
         return _AnthropicStream(self.name)
 
-    def parse_body(self, data: Any) -> Completion:
-        if not isinstance(data, dict):
-            raise self.response_error(f"the JSON answer is a {type(data).__name__}, not an object")
-        if data.get("type") == "error" or data.get("error") is not None:
-            raise self.response_error(
-                "error in the answer: " + error_text(json.dumps(data).encode())
-            )
-        content = data.get("content")
-        if content is None:
-            raise self.response_error("'content' is null or missing")
+    def read_answer(self, data: dict[str, Any]) -> Completion:
+        content = self.required(data, "content")
         if not isinstance(content, list):
             raise self.response_error(f"'content' is a {type(content).__name__}, not a list")
         text: list[str] = []

@@ -194,9 +194,27 @@ class HTTPChatModel:
         """A fresh parser for one streamed attempt."""
         raise NotImplementedError
 
+    def read_answer(self, data: dict[str, Any]) -> Completion:
+        """Read a whole (non-streamed) answer that is an object and no error report; raise
+        ModelResponseError when unusable."""
+        raise NotImplementedError
+
+    def required(self, data: dict[str, Any], key: str) -> Any:
+        """``data[key]`` of an answer; ModelResponseError when it is null or missing."""
+        value = data.get(key)
+        if value is None:
+            raise self.response_error(f"'{key}' is null or missing")
+        return value
+
     def parse_body(self, data: Any) -> Completion:
         """Read a whole (non-streamed) JSON answer; raise ModelResponseError when unusable."""
-        raise NotImplementedError
+        if not isinstance(data, dict):
+            raise self.response_error(f"the JSON answer is a {type(data).__name__}, not an object")
+        if data.get("error") is not None or data.get("type") == "error":
+            raise self.response_error(
+                "error in the answer: " + error_text(json.dumps(data).encode())
+            )
+        return self.read_answer(data)
 
     # -- public --------------------------------------------------------------------------
 

@@ -166,16 +166,8 @@ class OpenAIChatModel(HTTPChatModel):
     def new_stream_parser(self) -> StreamParser:
         return _OpenAIStream(self.name)
 
-    def parse_body(self, data: Any) -> Completion:
-        if not isinstance(data, dict):
-            raise self.response_error(f"the JSON answer is a {type(data).__name__}, not an object")
-        if data.get("error") is not None:
-            raise self.response_error(
-                "error in the answer: " + error_text(json.dumps(data).encode())
-            )
-        choices = data.get("choices")
-        if choices is None:
-            raise self.response_error("'choices' is null or missing")
+    def read_answer(self, data: dict[str, Any]) -> Completion:
+        choices = self.required(data, "choices")
         if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
             raise self.response_error(f"'choices' is not a list of choices: {choices!r:.80}")
         message = choices[0].get("message")
