@@ -90,14 +90,7 @@ class KernelBackend(Protocol):
         """
         ...
 
-    async def send(
-        self,
-        channel: Channel,
-        msg_type: str,
-        content: dict[str, Any],
-        *,
-        metadata: dict[str, Any] | None = None,
-    ) -> str:
+    async def send(self, channel: Channel, msg_type: str, content: dict[str, Any]) -> str:
         """Send one request on ``channel``; return its ``msg_id``."""
         ...
 

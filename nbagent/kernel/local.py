@@ -407,19 +407,12 @@ class LocalBackend:
                 sock.disable_monitor()
             monitor.close(linger=0)
 
-    async def send(
-        self,
-        channel: Channel,
-        msg_type: str,
-        content: dict[str, Any],
-        *,
-        metadata: dict[str, Any] | None = None,
-    ) -> str:
+    async def send(self, channel: Channel, msg_type: str, content: dict[str, Any]) -> str:
         session = self._session
         sock = self._sockets.get(channel)
         if session is None or sock is None:
             raise KernelStartupError("the kernel is not running")
-        msg = session.msg(msg_type, content, metadata=metadata)
+        msg = session.msg(msg_type, content)
         await sock.send_multipart(session.serialize(msg))
         return str(msg["header"]["msg_id"])
 

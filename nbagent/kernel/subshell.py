@@ -42,10 +42,10 @@ from jupyter_client.session import Session
 
 from nbagent.core.errors import KernelError, KernelStartupError
 from nbagent.kernel._limits import pid_alive
-from nbagent.kernel.base import Channel, ExecutionResult, KernelMessage, OutputCallback
+from nbagent.kernel.base import Channel, ExecutionResult, KernelMessage
 from nbagent.kernel.helper import HELPER
 from nbagent.kernel.local import LocalBackend
-from nbagent.kernel.session import KernelSession, StdinHandler
+from nbagent.kernel.session import KernelSession
 from nbagent.kernel.transfer import transfer_bundle
 
 __all__ = ["SharedKernelSession", "SubshellBackend", "kernel_alive"]
@@ -256,24 +256,17 @@ class SubshellBackend(LocalBackend):
     # -- messages ----------------------------------------------------------------------------
 
     def _message(
-        self, channel: Channel, msg_type: str, content: dict[str, Any], **kwargs: Any
+        self, channel: Channel, msg_type: str, content: dict[str, Any], subshell: str | None = None
     ) -> dict[str, Any]:
         session = self._session
         if session is None or channel not in self._sockets:
             raise KernelStartupError("not connected to the kernel")
-        msg = session.msg(msg_type, content, metadata=kwargs.get("metadata"))
+        msg = session.msg(msg_type, content)
         if channel == "shell":
-            msg["header"]["subshell_id"] = kwargs.get("subshell") or self.subshell_id
+            msg["header"]["subshell_id"] = subshell or self.subshell_id
         return msg
 
-    async def send(
-        self,
-        channel: Channel,
-        msg_type: str,
-        content: dict[str, Any],
-        *,
-        metadata: dict[str, Any] | None = None,
-    ) -> str:
+    async def send(self, channel: Channel, msg_type: str, content: dict[str, Any]) -> str:
         assert self._session is not None
         if msg_type == "execute_request":
             # The agent's steps stay out of the notebook's input history: a subshell storing
@@ -281,7 +274,7 @@ class SubshellBackend(LocalBackend):
             # "Session/line number was not unique in database", printed into the step's output)
             # and moves the notebook's execution counter under the user's cells.
             content = {**content, "store_history": False}
-        msg = self._message(channel, msg_type, content, metadata=metadata)
+        msg = self._message(channel, msg_type, content)
         await self._sockets[channel].send_multipart(self._session.serialize(msg))
         return str(msg["header"]["msg_id"])
 
@@ -385,13 +378,8 @@ class SharedKernelSession(KernelSession):
         await super()._setup()
         await self._internal(_OWN_SUMMARY, self.startup_timeout)
 
-    async def _execute(
-        self,
-        code: str,
-        timeout: float | None,
-        on_output: OutputCallback | None,
-        stdin_handler: StdinHandler | None,
-    ) -> ExecutionResult:
+    async def _execute(self, code: str, timeout: float | None, *handlers: Any) -> ExecutionResult:
+        # A step's outputs and stdin are the base session's business: ``handlers`` pass through.
         backend = self._backend
         self.sent.add(code.strip())
         moved = ""
@@ -402,7 +390,7 @@ class SharedKernelSession(KernelSession):
             with contextlib.suppress(KernelError):
                 await self._internal(f"{HELPER}._snap()", _REQUEST_TIMEOUT)
         abandoned = backend.abandoned
-        result = await super()._execute(code, timeout, on_output, stdin_handler)
+        result = await super()._execute(code, timeout, *handlers)
         notes = [f"the previous step's code is still running: {moved}"] if moved else []
         if backend.abandoned != abandoned and result.status == "timeout":
             backend.stuck = ""

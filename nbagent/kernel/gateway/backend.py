@@ -409,19 +409,10 @@ class GatewayBackend:
 
     # -- messages ----------------------------------------------------------------------------
 
-    async def send(
-        self,
-        channel: Channel,
-        msg_type: str,
-        content: dict[str, Any],
-        *,
-        metadata: dict[str, Any] | None = None,
-    ) -> str:
+    async def send(self, channel: Channel, msg_type: str, content: dict[str, Any]) -> str:
         if self._kernel_id is None:
             raise KernelStartupError("the kernel is not running")
-        msg_id, text = encode_frame(
-            channel, msg_type, content, session=self._session_id, metadata=metadata
-        )
+        msg_id, text = encode_frame(channel, msg_type, content, session=self._session_id)
         if self._socket is None:
             raise KernelStartupError("the kernel is not running")
         await self._socket.send(text)
