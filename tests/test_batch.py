@@ -22,6 +22,7 @@ import pytest
 
 from nbagent.apps.batch import TaskResult, _Progress, load_tasks, run_batch
 from nbagent.core.errors import ConfigError
+from nbagent.loop.options import AgentOptions
 from tests.gateway_fixtures import KernelGatewayServer
 from tests.llm_fixtures import Reply, ScriptedServer
 
@@ -77,9 +78,10 @@ def test_twenty_tasks_at_concurrency_eight_on_the_gateway(
             report = run_batch(
                 load_tasks(tasks),
                 tmp_path / "out",
+                model=server.model_spec(),
+                base_url=server.base_url,
+                options=AgentOptions(gateway=kernel_gateway.gateway()),
                 concurrency=8,
-                gateway=kernel_gateway.gateway(),
-                agent_options={"model": server.model_spec(), "base_url": server.base_url},
                 progress=progress,
             )
         finally:

@@ -22,6 +22,7 @@ from nbagent.kernel.limits import ResourceLimits
 from nbagent.kernel.local import DEFAULT_KERNEL_CMD, LocalBackend
 from nbagent.kernel.session import KernelSession
 from nbagent.loop.agent import Agent
+from nbagent.loop.options import AgentOptions
 from tests.llm_fixtures import ScriptedServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -202,9 +203,14 @@ def test_batch_with_an_unknown_kernel_fails_once_before_any_task(
     monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "none"))
     tasks = tmp_path / "tasks.jsonl"
     tasks.write_text('{"id": "a", "task": "Go."}\n{"id": "b", "task": "Go."}\n')
-    options = {"model": scripted_openai.model_spec(), "base_url": scripted_openai.base_url}
     with pytest.raises(ConfigError, match="no kernelspec named 'nope'"):
-        run_batch(load_tasks(tasks), tmp_path / "out", agent_options={**options, "kernel": "nope"})
+        run_batch(
+            load_tasks(tasks),
+            tmp_path / "out",
+            model=scripted_openai.model_spec(),
+            base_url=scripted_openai.base_url,
+            options=AgentOptions(kernel="nope"),
+        )
     assert scripted_openai.chat_requests == []
     assert not (tmp_path / "out").exists()
 

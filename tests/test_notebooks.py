@@ -242,7 +242,7 @@ def test_api_runs_streams_awaits_transfers_and_batches(run: Any) -> None:
     heavy = df[df["body_mass_g"] > 5000]
     assert f"{len(heavy)} penguins weigh more than 5,000 g" in pulled
     assert "counts: array([" in pulled and "<table" in pulled
-    assert "{'answered': 3}" in _text(_outputs(nb, "from nbagent.apps.batch import"))
+    assert "{'answered': 3}" in _text(_outputs(nb, "from nbagent import AgentOptions"))
     table = _text(_outputs(nb, "import pandas as pd"))
     for species in ("Adelie", "Chinstrap", "Gentoo"):
         flippers = df.loc[df["species"] == species, "flipper_length_mm"]

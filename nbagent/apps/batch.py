@@ -28,18 +28,19 @@ import json
 import os
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from nbagent.apps.runner import probe_model, run_agent, run_bounded
+from nbagent.apps.runner import AgentSpec, run_bounded
 from nbagent.core import sync
 from nbagent.core.errors import ConfigError, NbAgentError
 from nbagent.kernel.upload import DataFile, collect_data
+from nbagent.loop.options import AgentOptions
 
 if TYPE_CHECKING:
-    from nbagent.kernel.gateway.backend import Gateway
+    from nbagent.llm.base import ChatModel
 
 __all__ = ["BatchReport", "BatchTask", "TaskResult", "arun_batch", "load_tasks", "run_batch"]
 
@@ -165,9 +166,11 @@ async def arun_batch(
     tasks: Sequence[BatchTask],
     output: str | os.PathLike[str],
     *,
+    model: str | ChatModel | None = None,
+    base_url: str | None = None,
+    api_key: str | None = None,
+    options: AgentOptions | None = None,
     concurrency: int = 4,
-    gateway: str | Gateway | None = None,
-    agent_options: Mapping[str, Any] | None = None,
     progress: TextIO | None = None,
 ) -> BatchReport:
     """Run ``tasks`` with at most ``concurrency`` agents at once (see the module docstring).
@@ -175,21 +178,22 @@ async def arun_batch(
     Args:
         tasks: From :func:`load_tasks`.
         output: Folder for the transcripts and ``results.jsonl`` (created if needed).
+        model: ``[provider:]name`` (default ``$NBAGENT_MODEL``) or a ready chat model.
+        base_url: The provider's base URL (default from the environment).
+        api_key: The provider's key (default from the environment).
+        options: Every agent's settings (``max_steps``, ``gateway``, ``kernel``, ...); each task
+            gets its own working directory and its data on top.
         concurrency: Agents running at the same time.
-        gateway: A gateway URL or :class:`~nbagent.kernel.gateway.backend.Gateway` for every kernel;
-            None runs local kernels.
-        agent_options: Keyword arguments for every :class:`~nbagent.loop.agent.Agent` (model,
-            base_url, max_steps, step_timeout, ...).
         progress: Where progress goes (None: nowhere).
     """
     if concurrency < 1:
         raise ConfigError(f"concurrency must be at least 1, got {concurrency}")
-    options = dict(agent_options or {})
-    await probe_model(options)  # a missing model fails once, before anything runs
-    if options.get("kernel") and gateway is None:  # so does an unknown kernelspec
+    spec = AgentSpec(model, base_url, api_key, options or AgentOptions())
+    await spec.probe()  # a missing model fails once, before anything runs
+    if spec.options.kernel and spec.options.gateway is None:  # so does an unknown kernelspec
         from nbagent.kernel.specs import find_kernelspec
 
-        find_kernelspec(options["kernel"])
+        find_kernelspec(spec.options.kernel)
     out = Path(output)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -201,7 +205,7 @@ async def arun_batch(
 
     async def one(task: BatchTask) -> TaskResult:
         board.started()
-        return await _run_one(task, out, gateway, options)
+        return await _run_one(task, out, spec)
 
     def record(result: TaskResult) -> None:
         results_file.write(json.dumps(asdict(result), ensure_ascii=False) + "\n")
@@ -227,29 +231,23 @@ def _describe(exc: Exception) -> str:
     return f"internal error: {type(exc).__name__}: {exc}"  # a bug must not stop the others
 
 
-async def _run_one(
-    task: BatchTask, out: Path, gateway: str | Gateway | None, options: dict[str, Any]
-) -> TaskResult:
+async def _run_one(task: BatchTask, out: Path, spec: AgentSpec) -> TaskResult:
     t0 = time.monotonic()
     path = out / f"{task.id}.ipynb"
-    workdir = out / task.id
+    local = spec.options.gateway is None
+    workdir = out / task.id if local else out
     try:
-        if gateway is None:
+        if local:
             workdir.mkdir(exist_ok=True)
     except OSError as exc:
         seconds = round(time.monotonic() - t0, 3)
         return TaskResult(task.id, "failed", None, 0, 0, seconds, _describe(exc), None)
-    agent_options = {
-        **options,
-        "workdir": workdir if gateway is None else out,
-        "gateway": gateway,
-        "data": task.data,
-    }
-    outcome = await run_agent(task.task, path, agent_options)
+    data = (*spec.options.data, *task.data)  # the options' data first, as shared data
+    outcome = await spec.run(task.task, path, workdir=workdir, data=data)
     error = _describe(outcome.error) if outcome.error is not None else None
     if outcome.save_error is not None:
         error = error or str(outcome.save_error)
-    if gateway is None:
+    if local:
         with contextlib.suppress(OSError):
             workdir.rmdir()  # only when the task left nothing there
     end = outcome.end

@@ -216,13 +216,10 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     report = run_batch(
         tasks,
         args.output,
+        model=args.model,
+        base_url=args.base_url,
+        options=AgentOptions.from_flags(args, env=args.env, gateway=gateway),
         concurrency=args.concurrency,
-        gateway=gateway,
-        agent_options={
-            "model": args.model,
-            "base_url": args.base_url,
-            "options": AgentOptions.from_flags(args, env=args.env, gateway=gateway),
-        },
         progress=None if args.quiet else sys.stderr,
     )
     return EXIT_OK if report.ok else EXIT_FAILED

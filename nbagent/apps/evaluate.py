@@ -31,10 +31,10 @@ import secrets
 import shutil
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nbagent.apps.dabench import (
     MATCHES,
@@ -47,9 +47,13 @@ from nbagent.apps.dabench import (
     load_questions,
     score_answer,
 )
-from nbagent.apps.runner import probe_model, run_agent, run_bounded
+from nbagent.apps.runner import AgentSpec, run_bounded
 from nbagent.core import sync
 from nbagent.core.errors import AuthenticationError, ConfigError, NbAgentError
+from nbagent.loop.options import AgentOptions
+
+if TYPE_CHECKING:
+    from nbagent.llm.base import ChatModel
 
 __all__ = ["EvalReport", "QuestionResult", "aevaluate", "evaluate"]
 
@@ -196,14 +200,8 @@ def _output_dir(output: str | os.PathLike[str] | None) -> Path:
 class _Runner:
     """Runs one question: a fresh directory, an agent with a transcript, a scored record."""
 
-    def __init__(
-        self,
-        tables: Path,
-        out: Path,
-        agent_options: Mapping[str, Any],
-        match: Match,
-    ) -> None:
-        self.tables, self.out, self.options, self.match = tables, out, agent_options, match
+    def __init__(self, tables: Path, out: Path, spec: AgentSpec, match: Match) -> None:
+        self.tables, self.out, self.spec, self.match = tables, out, spec, match
 
     async def run(self, q: Question) -> QuestionResult:
         name = _safe_name(q.id)
@@ -214,12 +212,12 @@ class _Runner:
             shutil.copy2(self.tables / q.file_name, workdir / q.file_name)
         except OSError as exc:
             raise ConfigError(f"could not copy {q.file_name} into {workdir}: {exc}") from None
-        outcome = await run_agent(
+        outcome = await self.spec.run(
             build_task(q),
             notebook,
-            {**self.options, "workdir": workdir},
             catch=(NbAgentError,),
             fatal=(AuthenticationError, ConfigError),  # every run would fail the same way
+            workdir=workdir,
         )
         failure = outcome.error
         error = f"{type(failure).__name__}: {failure}" if failure is not None else None
@@ -254,38 +252,34 @@ class _Runner:
 async def aevaluate(
     directory: str | os.PathLike[str],
     *,
-    model: str | None = None,
+    model: str | ChatModel | None = None,
     base_url: str | None = None,
     api_key: str | None = None,
+    options: AgentOptions | None = None,
     output: str | os.PathLike[str] | None = None,
     limit: int | None = None,
     concurrency: int = 4,
-    max_steps: int = 10,
-    step_timeout: float = 120.0,
     match: Match = "official",
     on_result: Callable[[QuestionResult, int, int], object] | None = None,
-    **agent_options: Any,
 ) -> EvalReport:
     """Run every question of a DABench-style set and score the answers.
 
     Args:
         directory: Holds ``da-dev-questions.jsonl``, ``da-dev-labels.jsonl`` and
             ``da-dev-tables/`` (:func:`nbagent.apps.dabench.load_questions`).
-        model: ``[provider:]name`` (default ``$NBAGENT_MODEL``); each run gets its own client.
+        model: ``[provider:]name`` (default ``$NBAGENT_MODEL``; each run gets its own client), or
+            a ready chat model.
         base_url: The provider's base URL.
         api_key: The provider's key (default from the environment).
+        options: Every run's agent settings (default: ``AgentOptions(max_steps=10)``); each
+            question's run gets its own working directory on top.
         output: Where results, transcripts and run directories go (default
             ``./nbagent-evals/<time>``); it must not hold a ``results.jsonl`` already.
         limit: Run only the first ``limit`` questions.
         concurrency: Runs at the same time (each has its own kernel).
-        max_steps: Model replies per question.
-        step_timeout: Seconds one cell may run.
         match: "official" (the DABench rule) or "relaxed" (also ignores case, whitespace
             and quotes).
         on_result: Called with each result, the number done and the total, as runs end.
-        **agent_options: Further :class:`~nbagent.loop.agent.Agent` arguments (``options=`` an
-            :class:`~nbagent.loop.options.AgentOptions`, or its fields: ``resource_limits``,
-            ``vision``, ...).
 
     Raises:
         ConfigError: A bad question set or setting (before any run starts).
@@ -298,17 +292,10 @@ async def aevaluate(
     if match not in MATCHES:
         raise ConfigError(f"match must be one of {', '.join(MATCHES)}, got {match!r}")
     questions = load_questions(directory, limit=limit)
-    await probe_model({"model": model, "base_url": base_url, "api_key": api_key})
+    spec = AgentSpec(model, base_url, api_key, options or AgentOptions(max_steps=10))
+    await spec.probe()
     out = _output_dir(output)
-    options = {
-        "model": model,
-        "base_url": base_url,
-        "api_key": api_key,
-        "max_steps": max_steps,
-        "step_timeout": step_timeout,
-        **agent_options,
-    }
-    runner = _Runner(Path(directory).expanduser() / TABLES_DIR, out, options, match)
+    runner = _Runner(Path(directory).expanduser() / TABLES_DIR, out, spec, match)
     t0 = time.monotonic()
     with (out / RESULTS_FILE).open("a", encoding="utf-8") as sink:
         count = 0
@@ -344,7 +331,6 @@ def _write_atomic(path: Path, text: str) -> None:
 
 def run_command(args: argparse.Namespace) -> int:
     """``nbagent eval``: per-question lines, then the summary line, on stdout; exit 0."""
-    from nbagent.loop.options import AgentOptions
 
     def show(result: QuestionResult, done: int, total: int) -> None:
         if not args.quiet:
@@ -354,14 +340,12 @@ def run_command(args: argparse.Namespace) -> int:
         args.directory,
         model=args.model,
         base_url=args.base_url,
+        options=AgentOptions.from_flags(args),
         output=args.output,
         limit=args.limit,
         concurrency=args.concurrency,
-        max_steps=args.max_steps,
-        step_timeout=args.step_timeout,
         match=args.match,
         on_result=show,
-        options=AgentOptions.from_flags(args),
     )
     print(f"nbagent: results in {report.output}", file=sys.stderr)
     print(report.summary_line(), flush=True)

@@ -4,9 +4,11 @@
 differ in what a task is, what a record holds and which errors stop everything; what they
 share is here:
 
-* :func:`probe_model`: the model setting is checked once before anything runs (a missing
-  model or a bad model string fails once, not once per task);
-* :func:`run_agent`: one fresh :class:`~nbagent.loop.agent.Agent` on one task with a
+* :class:`AgentSpec`: what every run's agent is made of — the model setting and one
+  :class:`~nbagent.loop.options.AgentOptions` (each run sets its own working directory and data);
+  :meth:`AgentSpec.probe` checks the model setting once before anything runs (a missing model
+  or a bad model string fails once, not once per task);
+* :meth:`AgentSpec.run`: one fresh :class:`~nbagent.loop.agent.Agent` on one task with a
   :class:`~nbagent.records.transcript.Transcript` listening; the run's end event, its errors
   (those the caller wants recorded rather than raised) and the transcript, saved when it has
   cells, come back as an :class:`Outcome`;
@@ -20,15 +22,19 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from nbagent.core.errors import NbAgentError
 from nbagent.core.events import Event, RunFinished
+from nbagent.loop.options import AgentOptions
 
-__all__ = ["Outcome", "probe_model", "run_agent", "run_bounded"]
+if TYPE_CHECKING:
+    from nbagent.llm.base import ChatModel
+
+__all__ = ["AgentSpec", "Outcome", "run_bounded"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -67,67 +73,75 @@ class Outcome:
         return self.end.steps if self.end is not None else 0
 
 
-async def probe_model(options: Mapping[str, Any]) -> None:
-    """Make (and close) the model the options name, so that a bad setting fails now."""
-    model = options.get("model")
-    if model is None or isinstance(model, str):
-        from nbagent.llm import make_model
+@dataclass(frozen=True)
+class AgentSpec:
+    """What every run's :class:`~nbagent.loop.agent.Agent` is made of."""
 
-        probe = make_model(
-            model,
-            base_url=options.get("base_url"),
-            api_key=options.get("api_key"),
-            vision=options.get("vision"),
-        )
-        await probe.aclose()
+    #: ``[provider:]name`` (None: ``$NBAGENT_MODEL``), or a ready chat model shared by the runs.
+    model: str | ChatModel | None = None
+    base_url: str | None = None
+    api_key: str | None = None
+    options: AgentOptions = field(default_factory=AgentOptions)
 
+    async def probe(self) -> None:
+        """Make (and close) the model the spec names, so that a bad setting fails now."""
+        if self.model is None or isinstance(self.model, str):
+            from nbagent.llm import make_model
 
-async def run_agent(
-    task: str,
-    notebook: Path,
-    options: Mapping[str, Any],
-    *,
-    catch: tuple[type[Exception], ...] = (Exception,),
-    fatal: tuple[type[Exception], ...] = (),
-) -> Outcome:
-    """Run one fresh agent (``Agent(**options)``) on ``task``, its transcript in ``notebook``.
+            probe = make_model(
+                self.model, base_url=self.base_url, api_key=self.api_key, vision=self.options.vision
+            )
+            await probe.aclose()
 
-    Exceptions of a ``fatal`` type are raised (after the transcript is saved), other ones of
-    a ``catch`` type are returned in the outcome, anything else is raised.
-    """
-    from nbagent.loop.agent import Agent
-    from nbagent.records.transcript import Transcript
+    async def run(
+        self,
+        task: str,
+        notebook: Path,
+        *,
+        catch: tuple[type[Exception], ...] = (Exception,),
+        fatal: tuple[type[Exception], ...] = (),
+        **per_run: Any,
+    ) -> Outcome:
+        """Run one fresh agent on ``task`` (its options with ``per_run`` changes, e.g.
+        ``workdir``), its transcript in ``notebook``.
 
-    transcript = Transcript(notebook)
-    finished: list[RunFinished] = []
+        Exceptions of a ``fatal`` type are raised (after the transcript is saved), other ones of
+        a ``catch`` type are returned in the outcome, anything else is raised.
+        """
+        from nbagent.loop.agent import Agent
+        from nbagent.records.transcript import Transcript
 
-    def keep_end(event: Event) -> None:
-        if isinstance(event, RunFinished):
-            finished.append(event)
+        transcript = Transcript(notebook)
+        finished: list[RunFinished] = []
 
-    started, t0 = time.time(), time.monotonic()
-    error: Exception | None = None
-    save_error: NbAgentError | None = None
-    saved = False
-    try:
-        agent = Agent(**options)
-        agent.add_listener(transcript)
-        agent.add_listener(keep_end)
-        async with agent:
-            await agent.arun(task)
-    except fatal:
-        raise
-    except catch as exc:
-        error = exc
-    finally:
-        if transcript.nb.cells:
-            try:
-                transcript.save()
-                saved = True
-            except NbAgentError as exc:
-                save_error = exc
-    end = finished[-1] if finished else None
-    return Outcome(end, error, save_error, saved, started, time.monotonic() - t0)
+        def keep_end(event: Event) -> None:
+            if isinstance(event, RunFinished):
+                finished.append(event)
+
+        started, t0 = time.time(), time.monotonic()
+        error: Exception | None = None
+        save_error: NbAgentError | None = None
+        saved = False
+        try:
+            options = self.options.replace(**per_run)
+            agent = Agent(self.model, base_url=self.base_url, api_key=self.api_key, options=options)
+            agent.add_listener(transcript)
+            agent.add_listener(keep_end)
+            async with agent:
+                await agent.arun(task)
+        except fatal:
+            raise
+        except catch as exc:
+            error = exc
+        finally:
+            if transcript.nb.cells:
+                try:
+                    transcript.save()
+                    saved = True
+                except NbAgentError as exc:
+                    save_error = exc
+        end = finished[-1] if finished else None
+        return Outcome(end, error, save_error, saved, started, time.monotonic() - t0)
 
 
 async def run_bounded(
