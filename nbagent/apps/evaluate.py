@@ -32,7 +32,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -50,6 +50,7 @@ from nbagent.apps.dabench import (
 from nbagent.apps.runner import AgentSpec, run_bounded
 from nbagent.core import sync
 from nbagent.core.errors import AuthenticationError, ConfigError, NbAgentError
+from nbagent.core.events import Usage
 from nbagent.loop.options import AgentOptions
 
 if TYPE_CHECKING:
@@ -67,15 +68,15 @@ class QuestionResult:
 
     Attributes:
         id: The question's id.
-        correct: Every sub-answer right.
-        sub_correct, sub_total: Right sub-answers, and how many the label has.
-        correctness: Per answer name, right or wrong.
-        predicted: The ``@name[value]`` parts read from the answer.
+        score: How the answer scored; ``correct``, ``sub_correct``, ``sub_total``,
+            ``correctness`` (per answer name, right or wrong) and ``predicted`` (the
+            ``@name[value]`` parts read from the answer) are its, in the record too.
         expected: The label.
         answer: The run's final answer (None when it gave none).
         status: How the run ended: answered, limit, stopped, failed.
         steps: Model replies.
-        input_tokens, output_tokens, requests: The model's usage for the run.
+        usage: The model's usage for the run (``input_tokens``, ``output_tokens`` and
+            ``requests`` in the record).
         started: When the run began (seconds since the epoch).
         seconds: Wall-clock time of the run, kernel start and shutdown included.
         error: Why the run ended without an answer (None when it answered).
@@ -84,36 +85,41 @@ class QuestionResult:
     """
 
     id: int | str
-    correct: bool
-    sub_correct: int
-    sub_total: int
-    correctness: dict[str, bool]
-    predicted: dict[str, str]
+    score: QuestionScore
     expected: dict[str, str]
     answer: str | None
     status: str
     steps: int
-    input_tokens: int
-    output_tokens: int
-    requests: int
+    usage: Usage
     started: float
     seconds: float
     error: str | None
     transcript: str
     workdir: str
-    score: QuestionScore = field(repr=False, compare=False)
+
+    correct = property(lambda self: self.score.correct)
+    sub_correct = property(lambda self: self.score.sub_correct)
+    sub_total = property(lambda self: self.score.sub_total)
 
     @property
     def tokens(self) -> int:
-        return self.input_tokens + self.output_tokens
+        return self.usage.input_tokens + self.usage.output_tokens
 
     def to_json(self) -> dict[str, Any]:
-        """The record as written to ``results.jsonl``."""
+        """The record as written to ``results.jsonl``: the score's and the usage's fields flat."""
         data = asdict(self)
-        del data["score"]
-        data["tokens"] = self.tokens
-        data["seconds"] = round(self.seconds, 3)
-        return data
+        score, usage, s = data.pop("score"), data.pop("usage"), self.score
+        return {
+            "id": self.id,
+            "correct": s.correct,
+            "sub_correct": s.sub_correct,
+            "sub_total": s.sub_total,
+            **score,
+            **data,
+            **usage,
+            "tokens": self.tokens,
+            "seconds": round(self.seconds, 3),
+        }
 
     def line(self) -> str:
         """A one-line account, e.g. ``5: right 2/2, 3 steps, 1,234 tokens, 4.1 s``."""
@@ -158,8 +164,8 @@ class EvalReport:
             "accuracy": self.accuracies(),
             "match": self.match,
             "steps": sum(r.steps for r in self.results),
-            "input_tokens": sum(r.input_tokens for r in self.results),
-            "output_tokens": sum(r.output_tokens for r in self.results),
+            "input_tokens": sum(r.usage.input_tokens for r in self.results),
+            "output_tokens": sum(r.usage.output_tokens for r in self.results),
             "seconds": round(self.seconds, 3),
         }
 
@@ -225,27 +231,19 @@ class _Runner:
         if error is None and end is not None and end.status != "answered":
             error = end.reason
         score = score_answer(outcome.answer, q.labels, self.match)
-        usage = end.usage if end is not None else None
         return QuestionResult(
             id=q.id,
-            correct=score.correct,
-            sub_correct=score.sub_correct,
-            sub_total=score.sub_total,
-            correctness=score.correctness,
-            predicted=score.predicted,
+            score=score,
             expected=dict(q.labels),
             answer=outcome.answer,
             status=outcome.status,
             steps=outcome.steps,
-            input_tokens=usage.input_tokens if usage else 0,
-            output_tokens=usage.output_tokens if usage else 0,
-            requests=usage.requests if usage else 0,
+            usage=end.usage if end is not None else Usage(),
             started=outcome.started,
             seconds=outcome.seconds,
             error=error,
             transcript=str(notebook.relative_to(self.out)),
             workdir=str(workdir.relative_to(self.out)),
-            score=score,
         )
 
 
