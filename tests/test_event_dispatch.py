@@ -25,8 +25,9 @@ def all_event_types() -> set[type[ev.Event]]:
     while todo:
         for sub in todo.pop().__subclasses__():
             if sub.__module__ == ev.__name__:
-                found.add(sub)
                 todo.append(sub)
+                if sub not in ev.BASES:
+                    found.add(sub)
     return found
 
 

@@ -26,11 +26,13 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, NoReturn, TypeAlias
 
 __all__ = [
+    "BASES",
     "AnyEvent",
     "Approval",
     "CellCleared",
     "CellFinished",
     "CellOutput",
+    "CodeEvent",
     "CodeProposed",
     "CodeSkipped",
     "Decision",
@@ -45,6 +47,7 @@ __all__ = [
     "PlanMade",
     "RunFinished",
     "RunStarted",
+    "StepEvent",
     "StepStarted",
     "TextDelta",
     "ToolCalled",
@@ -95,6 +98,25 @@ class Event:
 
 
 @dataclass(frozen=True, kw_only=True)
+class StepEvent(Event):
+    """Base of the events of one step; never emitted itself (see :data:`BASES`)."""
+
+    #: The step's number, counted from 1 over the agent's life (a second run goes on counting).
+    step: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class CodeEvent(StepEvent):
+    """Base of the events about one step's code cell; never emitted itself."""
+
+    code: str
+
+
+#: The base classes among the events: every other ``Event`` subclass here is emitted.
+BASES = (Event, StepEvent, CodeEvent)
+
+
+@dataclass(frozen=True, kw_only=True)
 class RunStarted(Event):
     run_id: str
     task: str
@@ -142,33 +164,30 @@ class NotebookCells(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
-class StepStarted(Event):
-    step: int
+class StepStarted(StepEvent):
+    """A step begins: the model is asked for its next reply."""
 
 
 @dataclass(frozen=True, kw_only=True)
-class TextDelta(Event):
+class TextDelta(StepEvent):
     """A piece of the model's reply as it streams in (never executed on its own)."""
 
-    step: int
     text: str
 
 
 @dataclass(frozen=True, kw_only=True)
-class ModelRetry(Event):
+class ModelRetry(StepEvent):
     """The model request is being retried: discard this step's streamed text so far."""
 
-    step: int
     reason: str
     attempt: int
     delay: float
 
 
 @dataclass(frozen=True, kw_only=True)
-class ModelReplied(Event):
+class ModelReplied(StepEvent):
     """The model's complete reply for this step."""
 
-    step: int
     text: str
     finish_reason: str | None
     usage: Usage
@@ -177,11 +196,9 @@ class ModelReplied(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
-class CodeProposed(Event):
+class CodeProposed(CodeEvent):
     """Code parsed from the reply, about to run (after approval, when approval is on)."""
 
-    step: int
-    code: str
     #: The reasoning text around the code blocks.
     reasoning: str = ""
     #: The model's code when an approver edited it before it ran ("" when ``code`` is the
@@ -190,11 +207,9 @@ class CodeProposed(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
-class CodeSkipped(Event):
+class CodeSkipped(CodeEvent):
     """Proposed code that did not run (approval refused, or timed out)."""
 
-    step: int
-    code: str
     reason: str
 
 
@@ -210,11 +225,9 @@ class Decision:
 
 
 @dataclass(frozen=True, kw_only=True)
-class Approval(Event):
+class Approval(CodeEvent):
     """Step ``step``'s ``code`` awaits approval (``decision`` None), or was decided."""
 
-    step: int
-    code: str
     decision: Decision | None = None
 
     @property
@@ -227,25 +240,22 @@ class Approval(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
-class CellOutput(Event):
+class CellOutput(StepEvent):
     """Output ``index`` of the running cell is now ``output`` (append if index == length)."""
 
-    step: int
     index: int
     output: dict[str, Any]
 
 
 @dataclass(frozen=True, kw_only=True)
-class CellCleared(Event):
+class CellCleared(StepEvent):
     """The running cell's outputs were cleared (``clear_output``)."""
-
-    step: int
 
 
 @dataclass(frozen=True, kw_only=True)
-class CellFinished(Event):
-    step: int
-    code: str
+class CellFinished(CodeEvent):
+    """The step's code ran: how it ended, its outputs, and what it changed."""
+
     status: CellStatus
     execution_count: int | None
     duration: float
@@ -260,7 +270,7 @@ class CellFinished(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
-class ToolCalled(Event):
+class ToolCalled(StepEvent):
     """Kernel code called a host tool (emitted when the call ends, while the cell runs).
 
     ``result`` is the JSON value the kernel received; ``error`` is set instead when the call
@@ -268,7 +278,6 @@ class ToolCalled(Event):
     tool's images), so a replay can show them again.
     """
 
-    step: int
     name: str
     arguments: dict[str, Any]
     result: Any = None
@@ -278,19 +287,17 @@ class ToolCalled(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
-class PlanMade(Event):
+class PlanMade(StepEvent):
     """The model's plan (or plan update), asked for before this step's reply when planning
     is on."""
 
-    step: int
     text: str
 
 
 @dataclass(frozen=True, kw_only=True)
-class Observation(Event):
+class Observation(StepEvent):
     """What the model will read about this step's execution."""
 
-    step: int
     text: str
     images: int = 0
 
