@@ -171,7 +171,7 @@ def _remove(name: str) -> Callable[[Path], None]:
         (_remove("da-dev-labels.jsonl"), "da-dev-labels.jsonl not found"),
         (
             lambda r: _set_line(r / "da-dev-questions.jsonl", 2, '{"id": 3, "question": '),
-            "da-dev-questions.jsonl line 3: not JSON",
+            "da-dev-questions.jsonl line 3: not valid JSON",
         ),
         (
             lambda r: _set_line(r / "da-dev-questions.jsonl", 1, "[1, 2]"),

@@ -31,11 +31,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from nbagent.apps.runner import AgentSpec, run_bounded
 from nbagent.core import sync
 from nbagent.core.errors import ConfigError, NbAgentError
+from nbagent.core.text import json_lines
 from nbagent.kernel.upload import DataFile, collect_data
 from nbagent.loop.options import AgentOptions
 
@@ -112,10 +113,8 @@ def load_tasks(
     shared = collect_data(shared_data)
     tasks: list[BatchTask] = []
     seen: dict[str, int] = {}
-    for number, raw in enumerate(text.splitlines(), 1):
-        if not raw.strip():
-            continue
-        task = _parse_line(raw, number, file, shared)
+    for number, obj in json_lines(text, str(file)):
+        task = _parse_line(obj, number, file, shared)
         if task.id in seen:
             raise ConfigError(
                 f"{file} line {number}: id {task.id!r} is already used on line {seen[task.id]}"
@@ -127,14 +126,10 @@ def load_tasks(
     return tasks
 
 
-def _parse_line(raw: str, number: int, file: Path, shared: tuple[DataFile, ...]) -> BatchTask:
+def _parse_line(
+    obj: dict[str, Any], number: int, file: Path, shared: tuple[DataFile, ...]
+) -> BatchTask:
     where = f"{file} line {number}"
-    try:
-        obj = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
-    if not isinstance(obj, dict):
-        raise ConfigError(f"{where}: expected a JSON object, got {type(obj).__name__}")
     unknown = sorted(set(obj) - _KEYS)
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)} (known: data, id, task)")

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from nbagent.core.errors import ConfigError
+from nbagent.core.text import json_lines
 
 __all__ = [
     "LABELS_FILE",
@@ -201,16 +202,7 @@ def _records(path: Path) -> Iterable[tuple[int, dict[str, Any]]]:
         raise ConfigError(f"{path} not found {_LAYOUT}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read {path}: {exc}") from None
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path} line {number}: not JSON ({exc.msg})") from None
-        if not isinstance(obj, dict):
-            raise ConfigError(f"{path} line {number}: expected a JSON object")
-        yield number, obj
+    yield from json_lines(text, str(path))
 
 
 def _key(value: Any, where: str) -> str:

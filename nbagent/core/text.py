@@ -9,6 +9,7 @@
 * :func:`terminal_text`: what a terminal would show: :func:`strip_ansi` after resolving
   carriage-return overwrites (a progress bar's last state only) — what the model reads.
 * :func:`shorten`: at most ``limit`` characters, an ellipsis marking the cut.
+* :func:`json_lines`: the objects of a JSON Lines text, a bad line named in a ConfigError.
 
 Why surrogates: Python strings may hold U+D800–U+DFFF, which UTF-8 cannot encode. They reach
 nbagent three ways: bytes that are not UTF-8 in ``argv`` or on stdin (Python decodes them with
@@ -21,13 +22,18 @@ lone surrogate). Left alone, the next ``httpx`` request, the panel's comm messag
 
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Iterator
 from typing import Any
+
+from nbagent.core.errors import ConfigError
 
 __all__ = [
     "REPLACEMENT",
     "PieceJoiner",
     "has_surrogate_escape",
+    "json_lines",
     "safe_obj",
     "safe_text",
     "shorten",
@@ -112,3 +118,26 @@ def terminal_text(text: str) -> str:
 def shorten(text: str, limit: int) -> str:
     """``text`` cut to ``limit`` characters, the last one an ellipsis when it was cut."""
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def json_lines(text: str, where: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line number, object)`` for each non-blank line of the JSON Lines ``text``.
+
+    Raises:
+        ConfigError: A line is not JSON, or not an object; the message names ``where`` (a file)
+            and the line.
+    """
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(
+                f"{where} line {number}: not valid JSON ({exc.msg} at column {exc.colno})"
+            ) from None
+        if not isinstance(obj, dict):
+            raise ConfigError(
+                f"{where} line {number}: expected a JSON object, got {type(obj).__name__}"
+            )
+        yield number, obj
