@@ -100,6 +100,18 @@ def _add_gateway_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_kernel_inputs(p: argparse.ArgumentParser, *, data: str) -> None:
+    """--env and --data (``data`` is its help), as ``run`` and ``batch`` take them."""
+    p.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="pass this environment variable to the kernel although it looks secret",
+    )
+    p.add_argument("--data", action="append", default=[], metavar="PATH", help=data)
+
+
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     _add_step_limits(p)
     p.add_argument("-o", "--output", metavar="PATH", help="save the run as a notebook")
@@ -108,12 +120,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="continue the run saved in this transcript (state rebuilt by re-running its code)",
     )
-    p.add_argument(
-        "--env",
-        action="append",
-        default=[],
-        metavar="NAME",
-        help="pass this environment variable to the kernel although it looks secret",
+    _add_kernel_inputs(
+        p, data="copy this file or directory into the working directory first (repeatable)"
     )
     where = p.add_mutually_exclusive_group()
     where.add_argument(
@@ -126,13 +134,6 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="work in a fresh run directory ./nbagent-runs/<time>-<id>/ holding copies of the "
         "--data files, so the code cannot change the originals",
-    )
-    p.add_argument(
-        "--data",
-        action="append",
-        default=[],
-        metavar="PATH",
-        help="copy this file or directory into the working directory first (repeatable)",
     )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     approval = p.add_argument_group("approval")
@@ -288,15 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_model_options(batch)
     _add_step_limits(batch)
-    batch.add_argument(
-        "--env", action="append", default=[], metavar="NAME", help="as for nbagent run"
-    )
-    batch.add_argument(
-        "--data",
-        action="append",
-        default=[],
-        metavar="PATH",
-        help="a file or directory every task gets, before its own (repeatable)",
+    _add_kernel_inputs(
+        batch, data="a file or directory every task gets, before its own (repeatable)"
     )
     batch.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     _add_gateway_options(batch)
