@@ -103,6 +103,49 @@ def test_run_with_kernel_runs_the_code_in_the_other_environment(
     assert secret == "scrubbed"
 
 
+@pytest.mark.slow
+def test_the_transcript_records_the_kernelspec_for_replay_and_resume(
+    other_env: tuple[Path, Path], scripted_openai: ScriptedServer, tmp_path: Path
+) -> None:
+    """A run in another environment's kernel is saved with that kernelspec, so Jupyter opens it
+    there, ``nbagent replay`` re-executes it there and ``--resume`` goes on there."""
+    venv, jupyter = other_env
+    where = "import sys\nfinal_answer(sys.executable)"
+    scripted_openai.add(py(where))
+    scripted_openai.add(py(where))
+    env = {k: v for k, v in os.environ.items() if k != ENV_URL}
+    env.update(scripted_openai.env(), JUPYTER_PATH=str(jupyter), PYTHONPATH=str(ROOT))
+    notebook = tmp_path / "run.ipynb"
+
+    def nbagent(*args: str, **changes: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "nbagent", *args],
+            capture_output=True,
+            text=True,
+            env={**env, **changes},
+            timeout=180,
+        )
+
+    first = nbagent("run", "--kernel", "otherenv", "-q", "-o", str(notebook), "Where?")
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.strip() == str(venv / "bin" / "python")
+    spec = json.loads(notebook.read_text())["metadata"]["kernelspec"]
+    assert spec == {"name": "otherenv", "display_name": "otherenv", "language": "python"}
+
+    replayed = nbagent("replay", str(notebook))  # the recorded kernelspec, no flag needed
+    assert replayed.returncode == 0, replayed.stdout + replayed.stderr
+    assert "all outputs match" in replayed.stdout
+
+    resumed = nbagent("run", "--resume", str(notebook), "-q", "And now?")
+    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.stdout.strip() == str(venv / "bin" / "python")
+
+    missing = nbagent("replay", str(notebook), JUPYTER_PATH=str(tmp_path / "none"))
+    assert missing.returncode == 2, missing.stdout + missing.stderr
+    [line] = missing.stderr.strip().splitlines()
+    assert "no kernelspec named 'otherenv'" in line and "--kernel NAME" in line
+
+
 def test_a_kernelspec_of_this_python_keeps_limits_and_drops_its_secrets(tmp_path: Path) -> None:
     jupyter = tmp_path / "jupyter"
     env = {"SPEC_PLAIN": "yes", "SPEC_TOKEN": "t0ps3cret", "SPEC_URL": "https://u:pw@host/"}

@@ -184,11 +184,8 @@ async def arun_batch(
     if concurrency < 1:
         raise ConfigError(f"concurrency must be at least 1, got {concurrency}")
     spec = AgentSpec(model, base_url, api_key, options or AgentOptions())
-    await spec.probe()  # a missing model fails once, before anything runs
-    if spec.options.kernel and spec.options.gateway is None:  # so does an unknown kernelspec
-        from nbagent.kernel.specs import find_kernelspec
-
-        find_kernelspec(spec.options.kernel)
+    await spec.probe()  # a missing model fails once, before anything runs (as AgentOptions
+    # checked the kernelspec)
     out = Path(output)
     try:
         out.mkdir(parents=True, exist_ok=True)

@@ -163,6 +163,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     base = args.workdir
     if args.resume and base is None and not args.isolate:
         base = _resumed_workdir(args.resume)
+    if args.resume and args.kernel_name is None and gateway is None:
+        args.kernel_name = _resumed_kernel(args.resume)
     if args.isolate and gateway is not None:
         raise ConfigError(
             "--isolate is for a local kernel; a gateway's kernel works on the gateway"
@@ -223,6 +225,13 @@ def _cmd_batch(args: argparse.Namespace) -> int:
         progress=None if args.quiet else sys.stderr,
     )
     return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def _resumed_kernel(path: str) -> str | None:
+    """The kernelspec a resumed run goes on in: the one the transcript records, if any."""
+    from nbagent.records.transcript import read_transcript, recorded_kernel
+
+    return recorded_kernel(read_transcript(path))
 
 
 def _resumed_workdir(path: str) -> str:
@@ -287,7 +296,12 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     from nbagent.records.transcript import read_transcript
 
     read_transcript(args.notebook, require_nbagent=False)  # clear errors before a kernel starts
-    report = replay(args.notebook, timeout=args.timeout, strict_images=args.strict_images)
+    report = replay(
+        args.notebook,
+        timeout=args.timeout,
+        strict_images=args.strict_images,
+        kernel=args.kernel_name,
+    )
     print(report.format())
     return EXIT_OK if report.ok else EXIT_FAILED
 

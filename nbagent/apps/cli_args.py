@@ -305,6 +305,13 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument(
         "--strict-images", action="store_true", help="compare image bytes, not just presence"
     )
+    rep.add_argument(
+        "--kernel",
+        "--kernel-name",
+        dest="kernel_name",
+        metavar="NAME",
+        help="the kernelspec to re-execute in (default: the one the transcript records)",
+    )
     demo = sub.add_parser(
         "demo", help="analyse a bundled data set end to end (offline: recorded model replies)"
     )

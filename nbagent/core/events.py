@@ -127,6 +127,8 @@ class RunStarted(Event):
     prompt: str = ""
     #: The kernel's working directory.
     workdir: str = ""
+    #: The kernelspec that runs the code ("": nbagent's own Python kernel, or the notebook's).
+    kernel: str = ""
     #: The host tools kernel code may call, as kernel-side specs (``Tool.kernel_spec()``:
     #: name, doc, params, returns), so a transcript can define replay stubs for them.
     tools: tuple[dict[str, Any], ...] = ()

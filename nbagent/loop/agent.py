@@ -490,6 +490,7 @@ class Agent:
                 turn=self.turns,
                 prompt=prompt,
                 workdir=self.workdir,
+                kernel=self._kernel_name(),
                 tools=specs,
             )
         )
@@ -561,6 +562,13 @@ class Agent:
 
     def _model_label(self) -> str:
         return f"{self.model.provider}:{self.model.name}"
+
+    def _kernel_name(self) -> str:
+        """The kernelspec that runs the code, for the record ("" for nbagent's default)."""
+        gateway = self.options.gateway
+        if gateway is not None and not isinstance(gateway, str):
+            return gateway.kernel_name
+        return self.options.kernel or ""
 
 
 _FIELDS = frozenset(AgentOptions.__dataclass_fields__)

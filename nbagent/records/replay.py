@@ -28,7 +28,7 @@ from typing import Any
 from nbagent.core.errors import ConfigError
 from nbagent.core.text import terminal_text
 from nbagent.kernel.session import KernelSession
-from nbagent.records.transcript import PRIVATE_MIME, read_transcript
+from nbagent.records.transcript import PRIVATE_MIME, read_transcript, recorded_kernel
 
 __all__ = ["CellDiff", "ReplayReport", "normalise_outputs", "replay"]
 
@@ -136,14 +136,30 @@ async def areplay(
     *,
     timeout: float = 300.0,
     strict_images: bool = False,
-    kernel_options: dict[str, Any] | None = None,
+    kernel: str | None = None,
 ) -> ReplayReport:
-    """Re-execute the transcript at ``path`` in a fresh kernel and compare outputs."""
+    """Re-execute the transcript at ``path`` in a fresh kernel and compare outputs.
+
+    ``kernel`` names the kernelspec to run it in; by default the one the transcript records
+    (nbagent's own Python kernel when it records none, or ``python3``).
+
+    Raises:
+        ConfigError: The kernelspec is not installed here, or is not a Python one.
+    """
     nb = read_transcript(path, require_nbagent=False)
     target = Path(path)
     report = ReplayReport(path=target)
-    options = {"cwd": str(target.resolve().parent), **(kernel_options or {})}
-    async with KernelSession(**options) as kernel:
+    name = kernel or recorded_kernel(nb)
+    try:
+        session = KernelSession(cwd=str(target.resolve().parent), kernel_name=name)
+    except ConfigError as exc:
+        if kernel:
+            raise
+        raise ConfigError(
+            f"{exc}; the transcript was recorded in kernelspec {name!r}: install it, or choose "
+            "another with --kernel NAME"
+        ) from None
+    async with session:
         for index, cell in enumerate(nb.cells):
             if cell.cell_type != "code":
                 continue
@@ -151,7 +167,7 @@ async def areplay(
             if "skip-execution" in tags:
                 report.skipped += 1
                 continue
-            result = await kernel.aexecute(cell.source, timeout=timeout)
+            result = await session.aexecute(cell.source, timeout=timeout)
             report.ran += 1
             if cell.metadata.get("nbagent", {}).get("role") == "notebook":
                 continue  # the user's own cell, kept without outputs: run, nothing to compare

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nbagent.core import events as ev
-from nbagent.core.errors import TranscriptError
+from nbagent.core.errors import ConfigError, TranscriptError
 from nbagent.core.events import (
     CellFinished,
     CodeProposed,
@@ -251,6 +251,8 @@ class Transcript:
         )
         if event.workdir:
             meta["workdir"] = event.workdir
+        if event.kernel:  # so that Jupyter, replay and --resume pick the same environment
+            self.nb.metadata["kernelspec"] = _kernelspec(event.kernel)
         meta.setdefault("model", event.model)
         meta.setdefault("task", event.task)
         meta.setdefault("started", _iso(event.time))
@@ -568,3 +570,22 @@ def _bounded(text: str, limit: int, where: str) -> str:
 
 def _quote(text: str) -> str:
     return "\n".join(f"> {line}" if line else ">" for line in text.strip().split("\n"))
+
+
+def _kernelspec(name: str) -> dict[str, str]:
+    """A notebook's ``kernelspec`` metadata for the kernelspec ``name`` (its display name when it
+    is installed here; a gateway's may not be)."""
+    from nbagent.kernel.specs import find_kernelspec
+
+    try:
+        display = str(find_kernelspec(name).display_name or name)
+    except ConfigError:
+        display = name
+    return {"name": name, "display_name": display, "language": "python"}
+
+
+def recorded_kernel(nb: nbformat.NotebookNode) -> str | None:
+    """The kernelspec a transcript's code ran in, when it is not the default (``python3``)."""
+    spec = nb.metadata.get("kernelspec")
+    name = spec.get("name") if isinstance(spec, dict) else None
+    return name if isinstance(name, str) and name.strip() and name != "python3" else None
