@@ -123,6 +123,16 @@ def test_line_magic_answers_substitutes_and_follow_up_continues(
     with pytest.raises(UsageError, match="add --new to start over with openai:other"):
         ip.run_line_magic("agent", "--model openai:other hi")
     assert len(scripted_openai.chat_requests) == sent
+    # So would a kernelspec or a model set with %config since the session started.
+    ip.run_line_magic("config", "NbAgentMagics.kernel_name = 'elsewhere'")
+    with pytest.raises(UsageError, match="kernelspec .default.; add --new to start over with else"):
+        ip.run_line_magic("agent", "hi")
+    ip.run_line_magic("config", "NbAgentMagics.kernel_name = None")
+    magics.model, model = "openai:other", magics.model
+    with pytest.raises(UsageError, match="add --new to start over with openai:other"):
+        ip.run_line_magic("agent", "hi")
+    magics.model = model
+    assert len(scripted_openai.chat_requests) == sent
 
     # --new: a fresh kernel and conversation.
     scripted_openai.add(py("final_answer('x' in globals())"))

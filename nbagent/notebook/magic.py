@@ -362,9 +362,10 @@ class NbAgentMagics(Magics):
             if args.isolated and session.own:
                 raise UsageError("this session works in the notebook's kernel: add --new to "
                                  "start an isolated one")  # fmt: skip
-            for flag, wanted, have in (
-                ("--model", args.model, session.model),
-                ("--base-url", args.base_url, session.base_url),
+            for flag, wanted, have in (  # a flag, or a %config value changed since the start
+                ("--model", model, session.model),
+                ("--base-url", base_url, session.base_url),
+                ("kernelspec", self.kernel_name, session.agent.options.kernel),
             ):
                 if wanted and wanted != have:
                     raise UsageError(
