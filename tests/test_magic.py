@@ -125,7 +125,9 @@ def test_line_magic_answers_substitutes_and_follow_up_continues(
     assert len(scripted_openai.chat_requests) == sent
     # So would a kernelspec or a model set with %config since the session started.
     ip.run_line_magic("config", "NbAgentMagics.kernel_name = 'elsewhere'")
-    with pytest.raises(UsageError, match="kernelspec .default.; add --new to start over with else"):
+    with pytest.raises(
+        UsageError, match=r"kernelspec \(default\); add --new to start over with elsewhere"
+    ):
         ip.run_line_magic("agent", "hi")
     ip.run_line_magic("config", "NbAgentMagics.kernel_name = None")
     magics.model, model = "openai:other", magics.model
