@@ -149,6 +149,44 @@ def test_structure_tags_and_metadata(tmp_path: Path) -> None:
     assert nb.cells[-1].source == "## Answer\n\n6"
 
 
+def test_events_wait_while_nbformat_loads_and_the_notebook_is_the_same(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While nbformat is still importing in the background, the event loop waits for it only to
+    save a finished step: the transcript keeps the other events and builds the notebook from
+    them when it must. The file is then the one built with nbformat ready throughout."""
+    import nbagent.records.transcript as transcript_module
+
+    ready = [False]
+    monkeypatch.setattr(transcript_module, "lazy_ready", lambda name: ready[0])
+    early, late = Transcript(tmp_path / "early.ipynb"), Transcript(tmp_path / "late.ipynb")
+    u = Usage(input_tokens=1, output_tokens=1, requests=1)
+    late(RunStarted(run_id="r1", task="t", model="m"))
+    late(StepStarted(step=1))
+    late(ModelReplied(step=1, text="x", finish_reason="stop", usage=u, total_usage=u, duration=0))
+    assert late._nb is None and not (tmp_path / "late.ipynb").exists()  # nothing waited
+    late(Observation(step=1, text="o"))  # a step's end: saved, ready or not
+    assert late._nb is not None and (tmp_path / "late.ipynb").exists()
+    memory = Transcript()  # no file to keep current: nothing waits for a step's end either
+    memory(RunStarted(run_id="r1", task="t", model="m"))
+    memory(Observation(step=1, text="o"))
+    assert memory._nb is None
+    _run(late)
+    ready[0] = True
+    early(RunStarted(run_id="r1", task="t", model="m"))
+    early(StepStarted(step=1))
+    early(ModelReplied(step=1, text="x", finish_reason="stop", usage=u, total_usage=u, duration=0))
+    early(Observation(step=1, text="o"))
+    _run(early)
+
+    def shape(path: Path) -> list[tuple[str, str]]:
+        nb = nbformat.read(path, as_version=4)
+        return [(c.cell_type, c.source) for c in nb.cells]
+
+    assert shape(tmp_path / "late.ipynb") == shape(tmp_path / "early.ipynb")
+    assert len(shape(tmp_path / "late.ipynb")) > 5
+
+
 def test_autosave_after_each_step(tmp_path: Path) -> None:
     path = tmp_path / "run.ipynb"
     t = Transcript(path)

@@ -16,9 +16,19 @@ import threading
 import types
 from typing import Any
 
-__all__ = ["after_request", "httpx_without_cli", "lazy", "preload", "request_sent", "waiting"]
+__all__ = [
+    "after_request",
+    "httpx_without_cli",
+    "lazy",
+    "preload",
+    "ready",
+    "request_sent",
+    "waiting",
+]
 
 _started: set[str] = set()
+#: Modules a preload has finished importing.
+_done: set[str] = set()
 _lock = threading.Lock()
 #: Modules to preload once the process's first model request is written (None: it was).
 _waiting: list[str] | None = []
@@ -43,6 +53,13 @@ def _load(names: tuple[str, ...]) -> None:
             importlib.import_module(name)
         except Exception:  # the foreground import will raise it where it matters
             return
+        _done.add(name)
+
+
+def ready(name: str) -> bool:
+    """True when using ``name`` will not wait for an import: a preload of it has finished, or
+    it was imported some other way and no preload of it was started."""
+    return name in _done or (name in sys.modules and name not in _started)
 
 
 def preload(*names: str) -> None:

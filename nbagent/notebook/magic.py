@@ -319,6 +319,7 @@ class NbAgentMagics(Magics):
         except OptionError as exc:
             raise UsageError(str(exc)) from None
         args = cast(Any, self.agent).parser.parse_args(tokens)
+        own.CALLED.set()
         namespace = self.shell.user_ns
         task = substitute("\n".join(p for p in (rest, cell or "") if p.strip()).strip(), namespace)
         if args.stop:

@@ -28,6 +28,7 @@ from nbagent.loop.namespace import (
 )
 
 __all__ = [
+    "CALLED",
     "KERNEL_MODES",
     "cells_source",
     "choose",
@@ -88,19 +89,26 @@ async def stuck_report(agent: Any) -> str:
     return str(await settle()) if settle is not None else ""
 
 
+#: Set by the first ``%agent`` call: the warm-up leaves the notebook schema until after its
+#: first model request.
+CALLED = threading.Event()
+
+
 def warm_up(shell: Any) -> None:
-    """In a kernel, load in a background thread what the first ``%agent`` call needs (the
-    panel's ipywidgets, the transcript's notebook schema, the subshell client, the model
-    client's SSL context and async backend): ~0.6 s that
-    would otherwise delay the first model request, spent while the user's next cells run."""
+    """In a kernel, load in a background thread what the first ``%agent`` call needs: the
+    panel's ipywidgets, the subshell client, the model client's SSL context and async backend
+    (~0.4 s), then, unless ``%agent`` came within a second, the transcript's notebook schema.
+
+    The schema (``nbformat``: 0.2 s, or 1-3 s where JupyterLab brings ``rfc3987-syntax``) is
+    not needed before the first model request; importing it beside that request's own work
+    would slow it by as much (the two threads take turns on the GIL at every system call), so
+    after a prompt ``%agent`` it is left to the transcript, which loads it while the model
+    answers (:func:`nbagent.core.lazy.after_request`)."""
     if getattr(shell, "kernel", None) is None:
         return
 
     def warm() -> None:
         with contextlib.suppress(Exception):
-            import nbformat
-
-            nbformat.v4.new_notebook()
             import ipywidgets  # noqa: F401
 
             import nbagent.kernel.subshell
@@ -108,6 +116,10 @@ def warm_up(shell: Any) -> None:
             from nbagent.llm.client import warm_up as warm_client
 
             warm_client()
+            if not CALLED.wait(1.0):
+                from nbagent.core import lazy
+
+                lazy.preload("nbformat")
 
     threading.Thread(target=warm, name="nbagent-warm-up", daemon=True).start()
 

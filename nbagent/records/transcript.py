@@ -42,19 +42,17 @@ from nbagent.core.events import (
     CodeSkipped,
     Event,
     InputsPushed,
-    KernelStatus,
     ModelReplied,
-    ModelRetry,
     NotebookCells,
     Observation,
     PlanMade,
     RunFinished,
     RunStarted,
     StepStarted,
-    TextDelta,
     ToolCalled,
 )
 from nbagent.core.lazy import after_request, lazy
+from nbagent.core.lazy import ready as lazy_ready
 from nbagent.core.text import safe_text
 from nbagent.core.version import __version__
 from nbagent.dialogue.observe import ANSWER_MIME, SUMMARY_MIME
@@ -69,8 +67,6 @@ else:  # seconds to import where jsonschema's format checkers are installed: see
 
 __all__ = ["Transcript", "atomic_write_notebook", "check_output_path", "read_transcript"]
 
-#: Events a transcript may hold back until the notebook is built: those before the first reply.
-_EARLY = (RunStarted, KernelStatus, StepStarted, TextDelta, ModelRetry)
 
 #: MIME types only the agent's own kernel produces; dropped so re-runs compare equal.
 PRIVATE_MIME = frozenset({SUMMARY_MIME})
@@ -80,6 +76,8 @@ DISPLAY_LIMIT = 100_000
 #: Characters of each run's answer kept in ``metadata.nbagent.runs``.
 RUN_ANSWER_PREVIEW = 1_000
 SKIP_TAGS = ("skip-execution", "nbval-skip")
+#: The events after which an autosaving transcript writes its file.
+_SAVED_AT = (InputsPushed, NotebookCells, Observation, RunFinished)
 #: The event types a transcript does not store.
 _NOT_STORED = (
     ev.KernelStatus,
@@ -187,10 +185,12 @@ class Transcript:
         if not isinstance(event, ev.AnyEvent):
             return
         if self._nb is None:
-            if isinstance(event, _EARLY):
+            if isinstance(event, StepStarted):  # load while the model answers
+                after_request("nbformat")
+            saves = self.autosave and isinstance(event, _SAVED_AT)
+            if not (saves or isinstance(event, RunFinished) or lazy_ready("nbformat")):
+                # Nothing waits for the import but a save: every finished step is on disk.
                 self._backlog.append(event)
-                if isinstance(event, StepStarted):  # load while the model answers
-                    after_request("nbformat")
                 return
             _ = self.nb  # builds the notebook, handles the backlog first
         self._handle(event)
