@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.tools_bench import time_cases
 from nbagent.core import events as ev
 from nbagent.kernel.session import KernelSession
 from nbagent.kernelside.prelude import PRELUDE
@@ -91,22 +92,9 @@ async def starts(rounds: int) -> None:
 async def calls(rounds: int) -> None:
     hub = McpHub([McpServer((sys.executable, SERVER))], taken=["convert_local"])
     tools = await hub.start()
-    host = ToolHost([convert_local, *tools])
-    session = KernelSession(startup_code=PRELUDE + host.prelude())
-    handler = host.handler(1, lambda e: None)
-    times: dict[str, list[float]] = {name: [] for name in CASES}
     try:
-        await session.astart()
-        for code in CASES.values():
-            await session.aexecute(code, timeout=60, stdin_handler=handler)
-        for _ in range(rounds):
-            for name, code in CASES.items():
-                t0 = time.perf_counter()
-                result = await session.aexecute(code, timeout=60, stdin_handler=handler)
-                times[name].append(time.perf_counter() - t0)
-                assert result.status == "ok", result.error
+        times = await time_cases(ToolHost([convert_local, *tools]), CASES, rounds)
     finally:
-        await session.ashutdown()
         await hub.aclose()
     base = med_ms(times["plain cell (x = 1)"])
     print(f"calls: {rounds} rounds, medians (ms)")

@@ -20,7 +20,6 @@ import asyncio
 import statistics
 import time
 from collections.abc import Callable
-from typing import Any
 
 from nbagent.kernel.session import KernelSession
 from nbagent.kernelside.prelude import PRELUDE
@@ -55,24 +54,29 @@ CASES = {
 }
 
 
-async def main(rounds: int) -> None:
-    host = ToolHost([echo_sync, echo_async, blob])
+async def time_cases(host: ToolHost, cases: dict[str, str], rounds: int) -> dict[str, list[float]]:
+    """Seconds per whole ``execute`` of each case's cell, in a kernel with ``host``'s tools
+    (every case run once first, untimed, to warm up)."""
     session = KernelSession(startup_code=PRELUDE + host.prelude())
-    events: list[Any] = []
-    handler = host.handler(1, events.append)
-    times: dict[str, list[float]] = {name: [] for name in CASES}
+    handler = host.handler(1, lambda event: None)
+    times: dict[str, list[float]] = {name: [] for name in cases}
     try:
         await session.astart()
-        for code in CASES.values():  # warm up
+        for code in cases.values():
             await session.aexecute(code, timeout=60, stdin_handler=handler)
         for _ in range(rounds):
-            for name, code in CASES.items():
+            for name, code in cases.items():
                 t0 = time.perf_counter()
                 result = await session.aexecute(code, timeout=60, stdin_handler=handler)
                 times[name].append(time.perf_counter() - t0)
                 assert result.status == "ok", result.error
     finally:
         await session.ashutdown()
+    return times
+
+
+async def main(rounds: int) -> None:
+    times = await time_cases(ToolHost([echo_sync, echo_async, blob]), CASES, rounds)
     base = statistics.median(times["plain cell (x = 1)"])
     med: Callable[[str], float] = lambda n: statistics.median(times[n])  # noqa: E731
     print(f"{rounds} rounds, medians (ms)")
