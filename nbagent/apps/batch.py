@@ -184,8 +184,7 @@ async def arun_batch(
     if concurrency < 1:
         raise ConfigError(f"concurrency must be at least 1, got {concurrency}")
     spec = AgentSpec(model, base_url, api_key, options or AgentOptions())
-    await spec.probe()  # a missing model fails once, before anything runs (as AgentOptions
-    # checked the kernelspec)
+    await spec.probe()  # a missing model fails once, before anything runs
     out = Path(output)
     try:
         out.mkdir(parents=True, exist_ok=True)

@@ -161,10 +161,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     transcript = Transcript(args.output) if args.output and not args.resume else None
     gateway = _gateway(args)
     base = args.workdir
-    if args.resume and base is None and not args.isolate:
-        base = _resumed_workdir(args.resume)
-    if args.resume and args.kernel_name is None and gateway is None:
-        args.kernel_name = _resumed_kernel(args.resume)
+    if args.resume:  # by default, go on where the recorded run worked, in its kernelspec
+        recorded_dir, recorded_kernel = _resumed(args.resume)
+        if base is None and not args.isolate:
+            base = recorded_dir
+        if args.kernel_name is None and gateway is None:
+            args.kernel_name = recorded_kernel
     if args.isolate and gateway is not None:
         raise ConfigError(
             "--isolate is for a local kernel; a gateway's kernel works on the gateway"
@@ -227,23 +229,17 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     return EXIT_OK if report.ok else EXIT_FAILED
 
 
-def _resumed_kernel(path: str) -> str | None:
-    """The kernelspec a resumed run goes on in: the one the transcript records, if any."""
+def _resumed(path: str) -> tuple[str, str | None]:
+    """Where a resumed run works — the directory recorded in the transcript, if it still exists,
+    else the transcript's own folder (files the code wrote may then be missing) — and the
+    kernelspec it recorded, if any."""
     from nbagent.records.transcript import read_transcript, recorded_kernel
-
-    return recorded_kernel(read_transcript(path))
-
-
-def _resumed_workdir(path: str) -> str:
-    """Where a resumed run works: the directory recorded in the transcript, if it still exists,
-    else the transcript's own folder (files the code wrote may then be missing)."""
-    from nbagent.records.transcript import read_transcript
 
     nb = read_transcript(path)
     recorded = nb.metadata["nbagent"].get("workdir")
-    if isinstance(recorded, str) and Path(recorded).is_dir():
-        return recorded
-    return str(Path(path).resolve().parent)
+    if not (isinstance(recorded, str) and Path(recorded).is_dir()):
+        recorded = str(Path(path).resolve().parent)
+    return recorded, recorded_kernel(nb)
 
 
 def _run_agent(

@@ -35,7 +35,6 @@ class RunResult:
         end = next((e for e in reversed(events) if isinstance(e, RunFinished)), None)
         if end is None:  # pragma: no cover - astream always ends with RunFinished or raises
             raise NbAgentError("the run ended without a final event")
-        copied = {
-            f.name: getattr(end, f.name) for f in dataclasses.fields(cls) if f.name != "events"
-        }
-        return cls(**{**copied, "events": tuple(events)})
+        fields = [f.name for f in dataclasses.fields(cls) if f.name != "events"]
+        copied = {name: getattr(end, name) for name in fields}
+        return cls(**copied, events=tuple(events))

@@ -106,8 +106,8 @@ class Transcript:
     def __init__(self, path: str | os.PathLike[str] | None = None, *, autosave: bool = True):
         self.path = Path(path) if path is not None else None
         self.autosave = autosave and path is not None
-        # The notebook is built when first needed: events before the model's first reply wait
-        # in the backlog while nbformat loads in the background (see lazy).
+        # The notebook is built when first needed: events wait in the backlog while nbformat
+        # loads in the background (see lazy), unless a save needs it.
         self._nb: nbformat.NotebookNode | None = None
         self._backlog: list[ev.AnyEvent] = []
         self._replies: dict[int, str] = {}
@@ -251,7 +251,9 @@ class Transcript:
         )
         if event.workdir:
             meta["workdir"] = event.workdir
-        if event.kernel:  # so that Jupyter, replay and --resume pick the same environment
+        spec = self.nb.metadata.get("kernelspec") or {}
+        if event.kernel and spec.get("name") != event.kernel:  # looked up once, not every run
+            # so that Jupyter, replay and --resume pick the same environment
             self.nb.metadata["kernelspec"] = _kernelspec(event.kernel)
         meta.setdefault("model", event.model)
         meta.setdefault("task", event.task)
