@@ -247,7 +247,7 @@ class GatewayBackend:
         self._closing = False
         self._in_lifecycle = True
         try:
-            await asyncio.wait_for(self._launch(), timeout)
+            await asyncio.wait_for(self._launch(timeout), timeout)
         except BaseException as exc:
             await self.shutdown(timeout=0)
             if isinstance(exc, asyncio.TimeoutError):
@@ -265,7 +265,7 @@ class GatewayBackend:
         out.setdefault("KERNEL_LAUNCH_TIMEOUT", str(math.ceil(self._launch_timeout)))
         return out
 
-    async def _launch(self) -> None:
+    async def _launch(self, timeout: float) -> None:
         body = {"name": self._kernel_name, "env": self._env}
         resp = await self._rest.request(
             "POST",
@@ -285,7 +285,7 @@ class GatewayBackend:
             ) from None
         self._kernel_id = kernel_id
         reaper.register(self)
-        await self._open()
+        await self._open(timeout)
         await self._wait_ready()
         self._mark_ready()
 
@@ -367,11 +367,11 @@ class GatewayBackend:
                 )
             else:
                 if not self._socket_running():
-                    await self._open()
+                    await self._open(timeout)
                 await self._wait_ready()
                 self._mark_ready()
                 return
-        await self._launch()
+        await self._launch(timeout)
 
     async def _forget_kernel(self) -> None:
         await self._close_socket()
@@ -466,8 +466,12 @@ class GatewayBackend:
                 self._exit = "restarted on the gateway"
         self._queue.put_nowait(msg)
 
-    async def _open(self) -> None:
-        """A fresh socket to the current kernel, reading into a fresh queue."""
+    async def _open(self, timeout: float) -> None:
+        """A fresh socket to the current kernel, reading into a fresh queue.
+
+        ``timeout`` is the start's or restart's own: the gateway completes the websocket's
+        handshake only once a new kernel answers, which on a busy gateway can take longer than
+        a REST request may (``request_timeout``)."""
         assert self._kernel_id is not None
         await self._close_socket()
         self._queue = asyncio.Queue()
@@ -478,7 +482,7 @@ class GatewayBackend:
             token=self._token,
             session_id=self._session_id,
             reconnect_timeout=self._reconnect_timeout,
-            open_timeout=self._request_timeout,
+            open_timeout=timeout,
             on_message=self._on_message,
             on_lost=self._on_lost,
             logger=self._wslog,
